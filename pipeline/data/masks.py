@@ -1,0 +1,96 @@
+"""The masks stage: a COCO competition's train split -> one PNG class mask per image, classes.json, an index and
+a per-class summary. Images are checked and painted in parallel worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.config import DataParams, MasksParams
+from pipeline.data.coco import Category, CocoImage, check_image_file, load_coco, paint_mask
+from pipeline.errors import DataError, UserError
+from pipeline.io import atomic_dir, write_csv, write_json, write_png
+from pipeline.paths import Layout
+
+
+def _paint_one(job: tuple[Any, ...]) -> tuple[int, np.ndarray | None, str | None]:
+    """Worker: check the image file, paint and write the mask. Errors come back as text (they must pickle)."""
+    image, categories, overlap, crowd, images_root, json_path, out_dir = job
+    try:
+        check_image_file(images_root, image, json_path)
+        mask = paint_mask(image, categories, overlap, crowd)
+        write_png(out_dir / f"{image.id}.png", mask)
+        return image.id, np.bincount(mask.ravel(), minlength=256).astype(np.int64), None
+    except DataError as e:
+        return image.id, None, str(e)
+
+
+def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[str, Any]:
+    """Convert ``data.root/data.train_json`` into masks under ``layout``; return the summary written beside them."""
+    root = Path(data.root)
+    if not root.is_dir():
+        raise UserError(f"competition folder not found: {root} (set data.root in params.yaml)")
+    json_path = root / data.train_json
+    coco = load_coco(json_path, require_annotations=True, on_error=data.on_error)
+    images_root = root / data.images_dir
+    categories: list[Category] = coco.categories
+    skipped = dict(coco.skipped)
+    kept: list[CocoImage] = []
+    counts: dict[int, np.ndarray] = {}
+    with atomic_dir(layout.masks_dir) as out_dir:
+        jobs = [(im, categories, params.overlap, params.crowd, images_root, json_path, out_dir) for im in coco.images]
+        by_id = {im.id: im for im in coco.images}
+        ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+        with ctx.Pool(max(1, params.workers)) as pool:
+            results = pool.imap_unordered(_paint_one, jobs, chunksize=32)
+            for image_id, hist, err in tqdm(results, total=len(jobs), desc="masks", unit="img", mininterval=1.0):
+                if err is not None:
+                    if data.on_error == "fail":
+                        pool.terminate()
+                        raise UserError(err + " (set data.on_error: skip to skip such images)")
+                    skipped["bad image file"] = skipped.get("bad image file", 0) + 1
+                    continue
+                counts[image_id] = hist
+                kept.append(by_id[image_id])
+    if not kept:
+        raise UserError(f"{json_path}: no usable train images")
+    kept.sort(key=lambda im: im.id)
+    k = len(categories)
+    # One row per image: which class indices are present (folds stratify on this, without re-reading masks).
+    rows = []
+    for im in kept:
+        present = [str(c) for c in range(1, k + 1) if counts[im.id][c] > 0]
+        rows.append([im.id, im.file_name, im.height, im.width, " ".join(present)])
+    write_csv(layout.train_index, ["image_id", "file_name", "height", "width", "classes"], rows)
+    classes = coco.classes()
+    write_json(layout.classes_json, classes)
+    total = np.sum([counts[im.id] for im in kept], axis=0)
+    presence = np.sum([counts[im.id] > 0 for im in kept], axis=0)
+    summary = {
+        "images": len(kept),
+        "annotations": sum(len(im.annotations) for im in kept),
+        "skipped": skipped,
+        "ignored_pixels": int(total[255]),
+        "classes": [
+            {"index": c["index"], "name": c["name"], "pixels": int(total[c["index"]]),
+             "images": int(presence[c["index"]])}
+            for c in classes
+        ],
+    }
+    write_json(layout.mask_summary, summary)
+    if skipped:
+        print(f"warning: skipped {sum(skipped.values())} entries: {skipped}", file=sys.stderr)
+    return summary
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The per-class pixel and presence counts as an aligned text table."""
+    lines = [f"{'index':>5}  {'class':<16}{'pixels':>12}{'images':>8}"]
+    for c in summary["classes"]:
+        lines.append(f"{c['index']:>5}  {c['name'][:16]:<16}{c['pixels']:>12}{c['images']:>8}")
+    return "\n".join(lines)

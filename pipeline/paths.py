@@ -1,0 +1,63 @@
+"""The one place that owns the output layout: every artifact path is derived here from ids.
+
+``dvc.yaml`` uses the same templates (a test checks that they agree), and stages never write path literals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Artifact paths below a project root (the repository root by default)."""
+
+    root: Path = Path(".")
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    # masks stage
+    @property
+    def masks_dir(self) -> Path:
+        return self.work / "masks"
+
+    def mask_path(self, image_id: int) -> Path:
+        return self.masks_dir / f"{image_id}.png"
+
+    @property
+    def classes_json(self) -> Path:
+        return self.work / "classes.json"
+
+    @property
+    def train_index(self) -> Path:
+        """One row per usable train image: image_id, file_name, height, width, present class indices."""
+        return self.work / "train_index.csv"
+
+    @property
+    def mask_summary(self) -> Path:
+        return self.work / "mask_summary.json"
+
+    # folds stage
+    @property
+    def folds_csv(self) -> Path:
+        return self.work / "folds.csv"
+
+    # training
+    def model_dir(self, model: str, fold: int, round_: int = 1) -> Path:
+        return self.work / "models" / model / f"r{round_}" / f"fold{fold}"
+
+    # reports and submissions
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def submissions_dir(self) -> Path:
+        return self.root / "submissions"

@@ -1,0 +1,24 @@
+"""Stage `demo`: generate the embedded M2NIST-style competition (COCO folder + held-back test truth)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import load_params
+from pipeline.data.demo import generate_demo
+from pipeline.errors import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (sections: demo)")
+    ap.add_argument("--out", default="data/competition", help="competition folder to write")
+    ap.add_argument("--truth", default="data/truth", help="folder for the held-back test truth masks")
+    args = ap.parse_args(argv)
+    counts = generate_demo(load_params(args.params).demo, args.out, args.truth)
+    print(", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

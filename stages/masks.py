@@ -1,0 +1,25 @@
+"""Stage `masks`: COCO train annotations -> one PNG class mask per image, classes.json, index and summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import load_params
+from pipeline.data.masks import build_masks, summary_table
+from pipeline.errors import run_cli
+from pipeline.paths import Layout
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.masks", description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, masks)")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    summary = build_masks(params.data, params.masks, Layout())
+    print(f"{summary['images']} images, {summary['annotations']} annotations")
+    print(summary_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
