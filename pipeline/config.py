@@ -178,11 +178,48 @@ class FoldsParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainParams:
+    models: list[str] = dataclasses.field(default_factory=lambda: ["cnn_default"])  # configs/models/<name>.yaml
+    folds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4])
+    epochs: int | None = None  # overrides every model's recipe.epochs (the fast profile uses it); null keeps them
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    preload: bool = True  # decode images once and keep them in memory
+
+
+@dataclasses.dataclass(frozen=True)
+class InferParams:
+    """TTA + ensemble inference and the submission (``python -m pipeline.infer --ensemble``)."""
+
+    models: list[str] | None = None  # model configs to ensemble; null: train.models
+    round: int | None = None  # which round's fold models; null: the last one (pseudo.rounds + 1)
+    space: Literal["prob", "logit"] = "prob"  # average probabilities or logits
+    weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising OOF mIoU
+    calibrate: bool = False  # per-model temperature fitted on OOF logits before averaging
+    tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if OOF mIoU improves
+    tta_flips: list[Literal["hflip", "vflip"]] = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
+    tta_scales: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.25])  # candidates (auto)
+    tta_merge: Literal["mean", "gmean", "max"] = "mean"
+    tta_select_images: int = 800  # OOF images used to choose the TTA set (0: all)
+    batched_tta: bool = True  # augmented copies of one size go through the model as one batch
+    batch_size: int = 64
+    cache_probs: bool = False  # keep per-model float16 test probabilities on disk (work/probs/)
+    output: str = "submissions/submission.csv"
+    overlays: int = 0  # PNG overlays of the first N test predictions (reports/overlays/)
+    # pipeline.submission.SubmissionFormat fields (rle: {order, start_index, starts, empty}, layout, id_column,
+    # class_column, prediction_column, key_format, class_value, id_source, dense_size); checked as strictly, but
+    # loaded where it is used so that the config module (imported by every stage) does not depend on it
+    submission: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     data: DataParams = dataclasses.field(default_factory=DataParams)
     demo: DemoParams = dataclasses.field(default_factory=DemoParams)
     masks: MasksParams = dataclasses.field(default_factory=MasksParams)
     folds: FoldsParams = dataclasses.field(default_factory=FoldsParams)
+    train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    infer: InferParams = dataclasses.field(default_factory=InferParams)
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

@@ -30,6 +30,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are ordinary files
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
@@ -135,7 +136,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image as uint8 (H, W, 3) RGB; grayscale and palette images are converted."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
     except FileNotFoundError:
         raise UserError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -148,7 +149,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode not in ("L", "P"):
                 raise UserError(f"{path}: mask must be a single-channel PNG (mode L or P), got mode {im.mode}")
-            return np.asarray(im)
+            return np.array(im)
     except FileNotFoundError:
         raise UserError(f"{path}: mask file not found") from None
     except (OSError, SyntaxError) as e:

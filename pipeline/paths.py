@@ -46,8 +46,24 @@ class Layout:
         return self.work / "folds.csv"
 
     # training
+    def model_config(self, name: str) -> Path:
+        return self.root / "configs" / "models" / f"{name}.yaml"
+
     def model_dir(self, model: str, fold: int, round_: int = 1) -> Path:
         return self.work / "models" / model / f"r{round_}" / f"fold{fold}"
+
+    def oof_path(self, model: str, fold: int, round_: int = 1) -> Path:
+        return self.model_dir(model, fold, round_) / "oof.npz"
+
+    def checkpoint(self, model: str, fold: int, round_: int = 1, which: str = "best") -> Path:
+        return self.model_dir(model, fold, round_) / f"{which}.pt"
+
+    # pseudo-labelling: one set per fold (leak-free) or one shared set ("all")
+    def pseudo_dir(self, round_: int, fold: int | str) -> Path:
+        return self.work / "pseudo" / f"r{round_}" / f"fold{fold}"
+
+    def probs_dir(self, model: str, round_: int) -> Path:
+        return self.work / "probs" / model / f"r{round_}"
 
     # reports and submissions
     @property
@@ -61,3 +77,15 @@ class Layout:
     @property
     def submissions_dir(self) -> Path:
         return self.root / "submissions"
+
+    @property
+    def ledger(self) -> Path:
+        return self.submissions_dir / "ledger.csv"
+
+    @property
+    def infer_json(self) -> Path:
+        return self.metrics_dir / "infer.json"
+
+    @property
+    def leaderboard_json(self) -> Path:
+        return self.metrics_dir / "leaderboard.json"

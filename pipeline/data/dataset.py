@@ -1,0 +1,107 @@
+"""Datasets and transforms for training and inference.
+
+Images travel as uint8 (H, W, 3) arrays and are normalised per batch on the device (:func:`normalize`), which is
+cheaper than per-sample float work on a 2-core CPU. Masks are uint8 class indices with 255 = ignore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+from pipeline.io import read_image, read_mask
+
+IGNORE = 255
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: what timm's pretrained encoders expect
+STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, ImageNet-normalised."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def size_transforms(cfg: ModelConfig, train: bool) -> list[A.BasicTransform]:
+    """The size policy: ``pad`` keeps pixels (pad with ignore, random-crop larger images in training);
+    ``resize`` interpolates images (linear) and masks (nearest) to ``cfg.input_size``."""
+    h, w = cfg.input_size
+    if cfg.resize == "resize":
+        return [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    if not train:
+        return []  # inference on the whole image; the model pads to its stride and crops back
+    return [
+        A.PadIfNeeded(h, w, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE),
+        A.RandomCrop(h, w),
+    ]
+
+
+def build_transform(cfg: ModelConfig, train: bool, seed: int | None = None) -> A.Compose:
+    """Size policy plus (in training) the config's albumentations, each named by its class."""
+    ops: list[A.BasicTransform] = []
+    if train:
+        for aug in cfg.recipe.augment:
+            cls = getattr(A, aug.name, None)
+            if cls is None or not isinstance(cls, type):
+                raise UserError(f"augment: {aug.name!r} is not an albumentations transform (see albumentations docs)")
+            try:
+                ops.append(cls(**aug.kwargs))
+            except Exception as e:  # albumentations validates its kwargs with pydantic
+                raise UserError(f"augment {aug.name}: bad kwargs {aug.kwargs}: {e}".replace("\n", " ")) from None
+    ops += size_transforms(cfg, train)
+    return A.Compose(ops, seed=seed)
+
+
+class SegDataset(Dataset):
+    """Images (and masks, when given) as uint8 arrays; optionally decoded once and kept in memory."""
+
+    def __init__(
+        self,
+        images: Sequence[Path],
+        masks: Sequence[Path] | None,
+        transform: A.Compose | None = None,
+        preload: bool = True,
+    ) -> None:
+        if masks is not None and len(masks) != len(images):
+            raise ValueError("images and masks differ in length")
+        self.images, self.masks, self.transform = list(images), masks and list(masks), transform
+        self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        if preload:
+            self._cache = [self._read(i) for i in range(len(self.images))]
+
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        image = read_image(self.images[i])
+        mask = read_mask(self.masks[i]) if self.masks is not None else None
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise UserError(f"{self.masks[i]}: mask is {mask.shape}, image {self.images[i]} is {image.shape[:2]}")
+        return image, mask
+
+    def original_mask(self, i: int) -> np.ndarray:
+        """The (H, W) uint8 truth mask of item ``i`` at its original size, untransformed."""
+        if self.masks is None:
+            raise ValueError("this dataset has no masks")
+        return self._cache[i][1] if self._cache is not None else read_mask(self.masks[i])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, mask = self._cache[i] if self._cache is not None else self._read(i)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask", mask)
+        item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(image)), "index": i}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return item

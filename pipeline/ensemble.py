@@ -1,0 +1,110 @@
+"""Ensembling: weighted averages of model outputs in probability or logit space, weights and temperatures
+fitted on out-of-fold predictions only (never on test truth).
+
+Out-of-fold (OOF) predictions are stored as float16 probabilities; ``log(p)`` serves as logits (it differs from
+the model's logits by a per-pixel constant, which changes neither softmax nor argmax).
+
+Weight fitting: coordinate ascent on the probability simplex. Starting from equal weights, each round tries
+moving ``step`` of weight from one model to another for every ordered pair, keeps the move that raises OOF mIoU
+most, and stops when no move helps (or after ``max_rounds``). It is deterministic and needs no gradients, which
+suits a metric (mIoU of an argmax) that has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from pipeline.metrics import ConfusionMatrix, mean_iou
+
+EPS = 1e-6
+
+
+def combine(outputs: Sequence[np.ndarray], weights: Sequence[float], space: str = "prob") -> np.ndarray:
+    """Weighted average of per-model (C, H, W) (or (B, C, H, W)) probabilities, in ``prob`` or ``logit`` space.
+
+    Returns probabilities (float32) in both cases (logit space: softmax of the averaged log-probabilities).
+    """
+    w = np.asarray(weights, np.float32)
+    w = w / w.sum()
+    if space == "prob":
+        return sum(wi * o.astype(np.float32) for wi, o in zip(w, outputs))  # type: ignore[return-value]
+    logits = sum(wi * np.log(o.astype(np.float32) + EPS) for wi, o in zip(w, outputs))
+    return softmax(logits, axis=-3)  # type: ignore[arg-type]
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Re-scale probabilities by a temperature: softmax(log(p) / T) over the class axis (-3)."""
+    if temperature == 1.0:
+        return probs.astype(np.float32)
+    return softmax(np.log(probs.astype(np.float32) + EPS) / temperature, axis=-3)
+
+
+def oof_miou(
+    per_model: Sequence[dict[str, np.ndarray]], truth: dict[str, np.ndarray], weights: Sequence[float],
+    space: str, num_classes: int,
+) -> float:
+    """Dataset mIoU of the weighted ensemble over the images every model has an OOF prediction for."""
+    cm = ConfusionMatrix(num_classes)
+    for key, mask in truth.items():
+        probs = combine([m[key] for m in per_model], weights, space)
+        cm.update(probs.argmax(0), mask)
+    return float(mean_iou(cm))
+
+
+def fit_weights(
+    per_model: Sequence[dict[str, np.ndarray]], truth: dict[str, np.ndarray], space: str, num_classes: int,
+    step: float = 0.1, max_rounds: int = 20,
+) -> tuple[list[float], float, float]:
+    """Fit ensemble weights on OOF predictions; return (weights, OOF mIoU with them, OOF mIoU with equal)."""
+    n = len(per_model)
+    w = [1.0 / n] * n
+    equal = best = oof_miou(per_model, truth, w, space, num_classes)
+    if n == 1:
+        return w, best, equal
+    for _ in range(max_rounds):
+        move = None
+        for i in range(n):
+            for j in range(n):
+                if i == j or w[i] < step - 1e-9:
+                    continue
+                cand = list(w)
+                cand[i] -= step
+                cand[j] += step
+                score = oof_miou(per_model, truth, cand, space, num_classes)
+                if score > best + 1e-6:
+                    best, move = score, cand
+        if move is None:
+            break
+        w = move
+    return [round(x, 6) for x in w], best, equal
+
+
+def fit_temperature(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], max_pixels: int = 2_000_000) -> float:
+    """Temperature T minimising the pixel NLL of softmax(log p / T) on OOF predictions (ignore pixels left out)."""
+    logp, labels = [], []
+    total = 0
+    for key, mask in truth.items():
+        valid = mask != 255
+        lp = np.log(probs[key].astype(np.float32) + EPS)  # (C, H, W)
+        logp.append(lp[:, valid].T)  # (N, C)
+        labels.append(mask[valid].astype(np.int64))
+        total += int(valid.sum())
+        if total >= max_pixels:
+            break
+    x, y = np.concatenate(logp), np.concatenate(labels)
+
+    def nll(log_t: float) -> float:
+        z = x / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+    res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
+    return float(np.exp(res.x))
