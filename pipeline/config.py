@@ -188,6 +188,18 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PseudoParams:
+    """Pseudo-labelling of the test images by the round-1 ensemble, then a second training round."""
+
+    rounds: int = 1  # 0 turns pseudo-labelling off (the round-2 stages then do nothing); dvc.yaml has one round
+    threshold: float = 0.9  # pixels whose top-class probability is below become ignore (255)
+    min_confident: float = 0.8  # drop an image whose confident-pixel share is below this
+    source: Literal["leak_free", "full"] = "leak_free"  # leak_free: round-2 fold k learns from fold-k models only
+    init_from_previous: bool = False  # round 2 starts from the round-1 fold weights
+    tta: Literal["auto", "config", "none"] = "config"  # TTA of the pseudo-labelling ensemble
+
+
+@dataclasses.dataclass(frozen=True)
 class InferParams:
     """TTA + ensemble inference and the submission (``python -m pipeline.infer --ensemble``)."""
 
@@ -203,7 +215,6 @@ class InferParams:
     tta_select_images: int = 800  # OOF images used to choose the TTA set (0: all)
     batched_tta: bool = True  # augmented copies of one size go through the model as one batch
     batch_size: int = 64
-    cache_probs: bool = False  # keep per-model float16 test probabilities on disk (work/probs/)
     output: str = "submissions/submission.csv"
     overlays: int = 0  # PNG overlays of the first N test predictions (reports/overlays/)
     # pipeline.submission.SubmissionFormat fields (rle: {order, start_index, starts, empty}, layout, id_column,
@@ -219,6 +230,7 @@ class Params:
     masks: MasksParams = dataclasses.field(default_factory=MasksParams)
     folds: FoldsParams = dataclasses.field(default_factory=FoldsParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    pseudo: PseudoParams = dataclasses.field(default_factory=PseudoParams)
     infer: InferParams = dataclasses.field(default_factory=InferParams)
 
 

@@ -370,6 +370,7 @@ def run_ensemble(
 
         lb = score_submission(out, truth_dir, Path(params.data.root) / params.data.test_json, fmt)
         report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
+        write_json(layout.leaderboard_json, lb)
         print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
     append_ledger(layout.ledger, {
         "file": str(out), "time": datetime.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),

@@ -49,8 +49,16 @@ class Layout:
     def model_config(self, name: str) -> Path:
         return self.root / "configs" / "models" / f"{name}.yaml"
 
+    def round_dir(self, round_: int) -> Path:
+        """Everything a round makes: ``models/<model>/fold<k>`` (and, for round 1, ``pseudo/``)."""
+        return self.work / f"r{round_}"
+
     def model_dir(self, model: str, fold: int, round_: int = 1) -> Path:
-        return self.work / "models" / model / f"r{round_}" / f"fold{fold}"
+        return self.round_dir(round_) / "models" / model / f"fold{fold}"
+
+    def curve_path(self, model: str, fold: int, round_: int = 1) -> Path:
+        """Per-epoch training log (dvc plots); outside the model folder, which DVC tracks as one output."""
+        return self.metrics_dir / "curves" / f"r{round_}" / f"{model}-fold{fold}.csv"
 
     def oof_path(self, model: str, fold: int, round_: int = 1) -> Path:
         return self.model_dir(model, fold, round_) / "oof.npz"
@@ -60,10 +68,7 @@ class Layout:
 
     # pseudo-labelling: one set per fold (leak-free) or one shared set ("all")
     def pseudo_dir(self, round_: int, fold: int | str) -> Path:
-        return self.work / "pseudo" / f"r{round_}" / f"fold{fold}"
-
-    def probs_dir(self, model: str, round_: int) -> Path:
-        return self.work / "probs" / model / f"r{round_}"
+        return self.round_dir(round_) / "pseudo" / f"fold{fold}"
 
     # reports and submissions
     @property
@@ -81,6 +86,9 @@ class Layout:
     @property
     def ledger(self) -> Path:
         return self.submissions_dir / "ledger.csv"
+
+    def timing_path(self, stage: str) -> Path:
+        return self.metrics_dir / "timing" / f"{stage}.json"
 
     @property
     def infer_json(self) -> Path:

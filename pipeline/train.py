@@ -2,7 +2,8 @@
 
 Outputs (all written atomically, under ``Layout.model_dir(model, fold, round)``):
     last.pt / best.pt   weights, EMA, optimizer, scheduler, scaler, RNG, epoch, config, classes, metrics
-    log.csv             one row per epoch (dvc plots), metrics.json (dvc metrics), config.yaml (resolved config)
+    metrics.json (dvc metrics), config.yaml (the resolved config); the per-epoch log for dvc plots goes to
+    ``Layout.curve_path`` (outside the folder, which DVC tracks as one output)
     oof.npz             float16 softmax probabilities (C, H, W) of each validation image, keyed by image id
 
 Resume: when ``last.pt`` exists and its fingerprint (config, fold, round, training images) matches, training
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
@@ -35,11 +37,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from pipeline.config import DataParams, ModelConfig, TrainParams, to_dict
+from pipeline.config import DataParams, ModelConfig, Params, TrainParams, to_dict
 from pipeline.data.dataset import SegDataset, build_transform, normalize
 from pipeline.data.folds import read_folds
 from pipeline.errors import UserError
-from pipeline.io import load_torch, read_json, save_torch, write_csv, write_json, write_npz, write_text
+from pipeline.io import load_torch, read_image, read_json, safe_join, save_torch, write_csv, write_json, write_npz, write_text
 from pipeline.losses import WeightedLoss
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
 from pipeline.models.optim import param_groups
@@ -47,7 +49,7 @@ from pipeline.models.registry import build_model
 from pipeline.paths import Layout
 from pipeline.predict import autocast, iter_logits
 
-LOG_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_mIoU", "val_mBIoU", "val_aAcc", "seconds"]
+LOG_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_mIoU", "val_mBIoU", "val_aAcc", "train_img_s", "seconds"]
 
 
 @dataclasses.dataclass
@@ -78,6 +80,22 @@ def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tupl
         val_images=[images_root / f for f in va["file_name"]],
         val_masks=[layout.mask_path(i) for i in va["image_id"]],
     )
+
+
+def pseudo_set(params: Params, fold: int) -> int | str:
+    """Which pseudo-label set fold ``fold`` trains on: its own (leak_free) or the shared one ("all")."""
+    return fold if params.pseudo.source == "leak_free" else "all"
+
+
+def pseudo_pairs(params: Params, layout: Layout, fold: int, round_: int = 1) -> list[tuple[Path, Path]]:
+    """(test image path, pseudo mask path) pairs that round ``round_ + 1``'s fold ``fold`` trains on."""
+    d = layout.pseudo_dir(round_, pseudo_set(params, fold))
+    index = d / "index.csv"
+    if not index.is_file():
+        raise UserError(f"{index} not found: run the pseudo stage first (dvc repro pseudo)")
+    df = pd.read_csv(index)
+    root = Path(params.data.root) / params.data.images_dir
+    return [(safe_join(root, f), d / m) for f, m in zip(df["file_name"], df["mask"])]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,6 +219,9 @@ def train_fold(
     total_steps = steps_per_epoch * rec.epochs
 
     # --- model, optimiser, schedule, scaler, EMA
+    # seed the weight init too: otherwise it depends on whatever ran before in the process, and two runs of one
+    # config (or a run and its resumed twin in another process) start from different weights
+    torch.manual_seed(rec.seed)
     model = build_model(cfg, num_classes).to(device)
     if init_weights is not None:
         model.load_state_dict(load_torch(init_weights)["model"])
@@ -287,16 +308,18 @@ def train_fold(
             loss_sum += loss.detach()
             n += 1
         train_loss = float(loss_sum) / max(1, n)
+        train_img_s = n * per_proc_batch * ddp.world / max(1e-9, time.time() - t0)  # training only, not validation
         val = evaluate(eval_model(), val_ds, device, rec.batch_size, classes, amp_ctx, ddp, rec.channels_last)
         if val["mIoU"] > best:
             best, best_epoch = val["mIoU"], epoch + 1
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[-1]["lr"], "train_loss": train_loss,
-               "val_mIoU": val["mIoU"], "val_mBIoU": val["mBIoU"], "val_aAcc": val["aAcc"], "seconds": round(time.time() - t0, 2)}
+               "val_mIoU": val["mIoU"], "val_mBIoU": val["mBIoU"], "val_aAcc": val["aAcc"], "train_img_s": round(train_img_s, 1),
+               "seconds": round(time.time() - t0, 2)}
         history.append(row)
         if ddp.main:
             print(f"{model_name} fold {fold} round {round_} epoch {epoch + 1}/{rec.epochs}: loss {train_loss:.4f} "
                   f"val mIoU {val['mIoU']:.4f} mBIoU {val['mBIoU']:.4f} aAcc {val['aAcc']:.4f} ({row['seconds']:.1f}s)")
-            write_csv(out_dir / "log.csv", LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history])
+            write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history])
             ck = checkpoint(epoch + 1, val)
             if best_epoch == epoch + 1:
                 save_torch(out_dir / "best.pt", ck)
@@ -351,16 +374,51 @@ def finish_fold(
         model = model.to(memory_format=torch.channels_last)
     model.eval()
     probs: dict[str, np.ndarray] = {}
+    preds: dict[int, np.ndarray] = {}
     sizes = lambda i: val_ds.original_mask(i).shape  # noqa: E731
     for idx, logits in iter_logits(model, val_ds, device, batch_size, sizes, amp_ctx=amp_ctx,
                                    channels_last=channels_last):
         p = torch.softmax(logits, 1).half().cpu().numpy()  # (B, C, H, W) float16
         for j, i in enumerate(idx.tolist()):
             probs[str(val_ids[i])] = p[j]
+            preds[i] = p[j].argmax(0).astype(np.uint8)
     write_npz(out_dir / "oof.npz", **probs)
+    fold_report(out_dir, val_ds, [preds[i] for i in range(len(val_ds))], classes)
     m = ck["metrics"]
     metrics = {"best_epoch": ck["best_epoch"], "val_mIoU": m["mIoU"], "val_mBIoU": m["mBIoU"], "val_aAcc": m["aAcc"],
                "epochs": len(history), "train_seconds": round(sum(r["seconds"] for r in history), 1),
                "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()}}
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def fold_report(out_dir: Path, val_ds: SegDataset, preds: list[np.ndarray], classes: list[dict[str, Any]]) -> None:
+    """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG, and a
+    grid of the worst and best validation images (image / truth / prediction / error)."""
+    from pipeline.metrics import image_miou
+    from pipeline.report import format_table, plot_confusion_matrix, plot_examples, write_tables
+
+    names = [c["name"] for c in classes]
+    cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
+    truths = [val_ds.original_mask(i) for i in range(len(val_ds))]
+    for t, p in zip(truths, preds):
+        cm.update(p, t)
+        biou.update(p, t)
+    summary = summarize(cm, names, boundary=biou)
+    print(format_table(summary))
+    write_tables(summary, out_dir / "per_class.csv", out_dir / "per_class.md")
+    plot_confusion_matrix(cm.matrix, names, out_dir / "confusion.png")
+    images = _LazyImages(val_ds.images)  # only the drawn rows are read
+    plot_examples(out_dir / "examples.png", images, truths, preds, len(classes), n=4,
+                  scores=image_miou(cm.image_matrices))
+
+
+class _LazyImages:
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return read_image(self.paths[i])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from pipeline.config import load_params
 from pipeline.data.demo import generate_demo
 from pipeline.errors import run_cli
+from pipeline.io import write_json
+from pipeline.paths import Layout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="data/competition", help="competition folder to write")
     ap.add_argument("--truth", default="data/truth", help="folder for the held-back test truth masks")
     args = ap.parse_args(argv)
+    t0 = time.time()
     counts = generate_demo(load_params(args.params).demo, args.out, args.truth)
     print(", ".join(f"{k}={v}" for k, v in counts.items()))
+    write_json(Layout().timing_path("demo"), {"seconds": round(time.time() - t0, 1)})
     return 0
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from pipeline.config import load_params
 from pipeline.data.masks import build_masks, summary_table
 from pipeline.errors import run_cli
+from pipeline.io import write_json
 from pipeline.paths import Layout
 
 
@@ -14,10 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.masks", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (sections: data, masks)")
     args = ap.parse_args(argv)
+    t0 = time.time()
     params = load_params(args.params)
     summary = build_masks(params.data, params.masks, Layout())
     print(f"{summary['images']} images, {summary['annotations']} annotations")
     print(summary_table(summary))
+    write_json(Layout().timing_path("masks"), {"seconds": round(time.time() - t0, 1)})
     return 0
 
 

@@ -1,0 +1,251 @@
+"""Run-length encoding of binary masks as ``start length`` pairs, pure numpy and vectorised.
+
+Pixel order. Pixels are numbered along the flattened image: ``order="column"`` (the Kaggle and COCO default)
+walks each column top to bottom, then the columns left to right (Fortran order, ``mask.ravel(order="F")``);
+``order="row"`` walks each row left to right, then the rows top to bottom (C order).
+
+Indexing. ``start_index=1`` (the default) numbers the first pixel 1, ``start_index=0`` numbers it 0. A run is the
+pair ``start length``: ``length`` consecutive foreground pixels beginning at pixel ``start``. With
+``starts="absolute"`` (the default) every start is a pixel number; with ``starts="relative"`` (the SIIM-ACR style)
+the first start is a pixel number and every later start counts the background pixels between the end of the
+previous run and the beginning of this one. A mask without foreground is written as ``empty`` (``""`` or ``"-1"``).
+
+Worked 3x3 example::
+
+    mask        column-major numbers (1-based)    row-major numbers (1-based)
+    0 1 1       1 4 7                             1 2 3
+    0 1 0       2 5 8                             4 5 6
+    1 0 0       3 6 9                             7 8 9
+
+    column, 1-based, absolute (Kaggle/COCO):  "3 3 7 1"      pixels 3,4,5 and 7
+    column, 0-based, absolute:                "2 3 6 1"
+    column, 1-based, relative:                "3 3 1 1"      one background pixel (6) before the second run
+    column, 0-based, relative (SIIM):         "2 3 1 1"
+    row,    1-based, absolute:                "2 2 5 1 7 1"  pixels 2,3 and 5 and 7
+
+:func:`encode` always writes canonical runs (maximal, sorted, separated by at least one background pixel).
+:func:`decode` and :func:`parse_runs` check the text and raise :class:`RleError` (a ``ValueError``) with the
+reason; runs that touch without a gap are accepted since they still describe one mask unambiguously. Arrays
+returned by the array-level functions hold 0-based pixel numbers in the given order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal
+
+import numpy as np
+
+Order = Literal["column", "row"]
+
+_INTEGERS = re.compile(r"\s*(?:-?[0-9]+\s*)*", re.ASCII)
+
+
+class RleError(ValueError):
+    """A run-length string that does not describe a mask; the message is the reason, the caller adds file/row."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RleFormat:
+    """How a mask is written as text; see the module docstring for each option."""
+
+    order: Order = "column"
+    start_index: Literal[0, 1] = 1
+    starts: Literal["absolute", "relative"] = "absolute"
+    empty: Literal["", "-1"] = ""
+
+    def __post_init__(self) -> None:
+        for name, valid in (
+            ("order", ("column", "row")),
+            ("start_index", (0, 1)),
+            ("starts", ("absolute", "relative")),
+            ("empty", ("", "-1")),
+        ):
+            value = getattr(self, name)
+            # bool is an int: reject True/False explicitly so start_index=True is not silently 1
+            if value not in valid or isinstance(value, bool):
+                raise ValueError(f"RleFormat.{name}: {value!r} is not one of {', '.join(repr(v) for v in valid)}")
+
+
+KAGGLE = RleFormat()
+"""Column-major, 1-based absolute starts, empty mask as ``""`` (also COCO's pixel order)."""
+
+SIIM = RleFormat(order="column", start_index=0, starts="relative", empty="-1")
+"""SIIM-ACR pneumothorax: column-major, 0-based, each start relative to the end of the previous run, ``-1``."""
+
+
+def _flatten(mask: np.ndarray, order: Order) -> np.ndarray:
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D (H, W) mask, got shape {mask.shape}")
+    if order not in ("column", "row"):
+        raise ValueError(f"order must be 'column' or 'row', got {order!r}")
+    return mask.ravel(order="F" if order == "column" else "C")
+
+
+def encode_class_runs(class_mask: np.ndarray, order: Order = "column") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of equal values in a (H, W) integer mask, in pixel order.
+
+    Returns:
+        ``(values, starts, lengths)``: int64 arrays, one entry per run, with 0-based ``starts``. Background runs
+        are included; select ``values == c`` for the runs of class ``c``.
+    """
+    flat = _flatten(np.asarray(class_mask), order)
+    if flat.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], change)).astype(np.int64)
+    lengths = np.diff(np.concatenate((starts, [flat.size]))).astype(np.int64)
+    return flat[starts].astype(np.int64), starts, lengths
+
+
+def encode_runs(mask: np.ndarray, order: Order = "column") -> tuple[np.ndarray, np.ndarray]:
+    """Foreground runs of a (H, W) mask (nonzero = foreground).
+
+    Returns:
+        ``(starts, lengths)``: int64 arrays with 0-based starts, sorted, each run maximal.
+    """
+    flat = _flatten(np.asarray(mask), order).astype(bool, copy=False)
+    if flat.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # every change of value opens or closes a run; a run touching either end of the image opens/closes there
+    edges = np.flatnonzero(flat[1:] != flat[:-1]).astype(np.int64) + 1
+    edges = np.concatenate(([0] if flat[0] else [], edges, [flat.size] if flat[-1] else [])).astype(np.int64)
+    starts = edges[0::2]
+    return starts, edges[1::2] - starts
+
+
+def runs_to_text(starts: np.ndarray, lengths: np.ndarray, fmt: RleFormat = KAGGLE) -> str:
+    """Format 0-based ``starts`` and ``lengths`` (sorted, non-overlapping) as text in ``fmt``."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if starts.size == 0:
+        return fmt.empty
+    if fmt.starts == "relative":
+        written = starts - np.concatenate(([-fmt.start_index], starts[:-1] + lengths[:-1]))
+    else:
+        written = starts + fmt.start_index
+    pairs = np.empty(2 * starts.size, dtype=np.int64)
+    pairs[0::2], pairs[1::2] = written, lengths
+    return " ".join(map(str, pairs.tolist()))
+
+
+def encode(mask: np.ndarray, fmt: RleFormat = KAGGLE) -> str:
+    """A binary (H, W) mask (nonzero = foreground) as ``start length`` text in ``fmt``."""
+    return runs_to_text(*encode_runs(mask, fmt.order), fmt)
+
+
+def parse_integers(text: str) -> np.ndarray:
+    """Whitespace-separated ASCII integers as an int64 array; raises :class:`RleError` naming the first bad value."""
+    if not _INTEGERS.fullmatch(text):
+        for i, token in enumerate(text.split()):
+            if not re.fullmatch(r"-?[0-9]+", token, re.ASCII):
+                raise RleError(f"value {i + 1} ({token[:20]!r}) is not an integer")
+    try:
+        return np.array(text.split(), dtype=np.int64)
+    except OverflowError:
+        raise RleError("a value is too large for a pixel number") from None
+
+
+def parse_runs(text: str, fmt: RleFormat = KAGGLE, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and check ``start length`` text.
+
+    Args:
+        text: the run-length string.
+        fmt: how it is written.
+        size: number of pixels (H * W); when given, every run must end inside the image.
+
+    Returns:
+        ``(starts, lengths)``: int64 arrays, 0-based starts in pixel order.
+
+    Raises:
+        RleError: not pairs of integers, a run of length < 1, starts out of order, overlapping runs, a run
+            outside the image, or the wrong empty-mask token.
+    """
+    if not isinstance(text, str):
+        raise RleError(f"expected run-length text, got {type(text).__name__} {text!r}")
+    stripped = text.strip()
+    if stripped == fmt.empty:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if stripped in ("", "-1"):
+        raise RleError(f"{stripped!r} is not this format's empty-mask token; an empty mask is written {fmt.empty!r}")
+    values = parse_integers(stripped)
+    if values.size % 2:
+        raise RleError(f"odd number of values ({values.size}); expected 'start length' pairs")
+    written, lengths = values[0::2], values[1::2]
+    bad = np.flatnonzero(lengths < 1)
+    if bad.size:
+        i = int(bad[0])
+        raise RleError(f"run {i + 1} (start {written[i]}) has length {lengths[i]}; lengths must be at least 1")
+    if written[0] < fmt.start_index:
+        raise RleError(
+            f"run 1 starts at {written[0]}, before the first pixel ({fmt.start_index} with "
+            f"{fmt.start_index}-based starts)"
+        )
+    if fmt.starts == "relative":
+        bad = np.flatnonzero(written[1:] < 0)
+        if bad.size:
+            i = int(bad[0]) + 1
+            raise RleError(f"run {i + 1} has a negative relative start {written[i]}: it overlaps run {i}")
+        # start_i = (gaps so far) + (lengths of the earlier runs), shifted to 0-based
+        starts = np.cumsum(written) + np.concatenate(([0], np.cumsum(lengths[:-1]))) - fmt.start_index
+    else:
+        starts = written - fmt.start_index
+        ends = starts + lengths
+        bad = np.flatnonzero(starts[1:] < ends[:-1])
+        if bad.size:
+            i = int(bad[0]) + 1
+            if written[i] < written[i - 1]:
+                raise RleError(
+                    f"run {i + 1} starts at {written[i]}, before run {i} at {written[i - 1]}: starts must be sorted"
+                )
+            raise RleError(
+                f"run {i + 1} (start {written[i]}) overlaps run {i} (start {written[i - 1]}, length {lengths[i - 1]})"
+            )
+    if size is not None and starts[-1] + lengths[-1] > size:
+        i = int(np.flatnonzero(starts + lengths > size)[0])
+        end = int(starts[i] + lengths[i]) - 1 + fmt.start_index
+        raise RleError(
+            f"run {i + 1} ends at pixel {end}, past the last pixel {size - 1 + fmt.start_index} of the image"
+        )
+    return starts, lengths
+
+
+def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int], order: Order = "column") -> np.ndarray:
+    """A (H, W) bool mask from 0-based ``starts`` and ``lengths`` (sorted, non-overlapping, inside the image)."""
+    height, width = shape
+    size = height * width
+    # +1 at each start, -1 at each end; the running sum is 1 inside a run. Starts are unique and ends are unique,
+    # so fancy-index updates never collide within one assignment.
+    steps = np.zeros(size + 1, dtype=np.int8)
+    steps[np.asarray(starts, dtype=np.int64)] += 1
+    steps[np.asarray(starts, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)] -= 1
+    flat = np.cumsum(steps[:-1], dtype=np.int8).astype(bool)
+    if order == "column":
+        return flat.reshape((width, height)).T.copy()
+    return flat.reshape((height, width))
+
+
+def decode(text: str, shape: tuple[int, int], fmt: RleFormat = KAGGLE) -> np.ndarray:
+    """A (H, W) bool mask from ``start length`` text in ``fmt``; raises :class:`RleError` with the reason."""
+    height, width = (int(v) for v in shape)
+    if height < 0 or width < 0:
+        raise ValueError(f"shape must be non-negative, got {shape}")
+    starts, lengths = parse_runs(text, fmt, height * width)
+    return decode_runs(starts, lengths, (height, width), fmt.order)
+
+
+def runs_to_counts(starts: np.ndarray, lengths: np.ndarray, size: int) -> list[int]:
+    """COCO uncompressed RLE ``counts`` (alternating background/foreground run lengths, starting with
+    background) from 0-based column-major runs of an image with ``size`` pixels."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ends = starts + lengths
+    counts = np.empty(2 * starts.size + 1, dtype=np.int64)
+    counts[0:-1:2] = starts - np.concatenate(([0], ends[:-1]))
+    counts[1::2] = lengths
+    counts[-1] = size - (ends[-1] if ends.size else 0)
+    if counts[-1] == 0 and counts.size > 1:
+        counts = counts[:-1]  # COCO drops a trailing empty background run
+    return counts.tolist()

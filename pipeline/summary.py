@@ -1,0 +1,129 @@
+"""The end-of-run report (``reports/summary.md``): models x rounds OOF mIoU, the ensemble and its weights, the
+local leaderboard with the mmseg-style per-class table, time per stage, and a grid of test predictions."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Params
+from pipeline.data.folds import read_folds
+from pipeline.io import read_image, read_json, read_mask, safe_join, write_json, write_png, write_text
+from pipeline.metrics import ConfusionMatrix, mean_iou
+from pipeline.paths import Layout
+from pipeline.report import colorize, format_markdown
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def oof_miou(layout: Layout, model: str, folds: list[int], round_: int, num_classes: int) -> float | None:
+    """OOF mIoU of one model config in one round: every fold's validation predictions pooled (dataset mIoU)."""
+    cm = ConfusionMatrix(num_classes)
+    for f in folds:
+        path = layout.oof_path(model, f, round_)
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            for key in z.files:
+                cm.update(z[key].argmax(0), read_mask(layout.mask_path(int(key))))
+    return float(mean_iou(cm))
+
+
+def stage_seconds(layout: Layout, params: Params) -> dict[str, float]:
+    """Seconds per stage, from what each stage recorded."""
+    out: dict[str, float] = {}
+    for name in ("demo", "masks", "folds"):
+        t = _json(layout.timing_path(name))
+        if t:
+            out[name] = t["seconds"]
+    for r in (1, 2):
+        total = 0.0
+        for m in params.train.models:
+            for f in params.train.folds:
+                mj = _json(layout.model_dir(m, f, r) / "metrics.json")
+                total += mj["train_seconds"] if mj else 0.0
+        if total:
+            out[f"train round {r} (all folds)"] = round(total, 1)
+    for name, path in (("pseudo", layout.metrics_dir / "pseudo.json"), ("infer", layout.infer_json)):
+        j = _json(path)
+        if j and "seconds" in j:
+            out[name] = j["seconds"]
+    return out
+
+
+def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> None:
+    """A PNG grid of the first ``n`` test images, each beside its predicted mask decoded from the submission."""
+    from pipeline.config import from_dict
+    from pipeline.leaderboard import decode_submission
+    from pipeline.submission import SubmissionFormat
+
+    fmt = from_dict(SubmissionFormat, params.infer.submission, "params.yaml: infer.submission")
+    root = Path(params.data.root)
+    test_json = root / params.data.test_json
+    images = read_json(test_json)["images"][:n]
+    preds = decode_submission(Path(params.infer.output), test_json, fmt, read_json(layout.classes_json))
+    tiles = []
+    for im in images:
+        image = read_image(safe_join(root / params.data.images_dir, im["file_name"]))
+        tiles.append(np.concatenate([image, colorize(preds[Path(im["file_name"]).stem])], axis=1))
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    cols = 3
+    rows = -(-len(tiles) // cols)
+    grid = np.full((rows * (h + 4), cols * (w + 4), 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        grid[r * (h + 4) : r * (h + 4) + t.shape[0], c * (w + 4) : c * (w + 4) + t.shape[1]] = t
+    write_png(dest, grid)
+
+
+def write_summary(params: Params, layout: Layout) -> str:
+    classes = read_json(layout.classes_json)
+    rounds = [1] + ([2] if params.pseudo.rounds >= 1 else [])
+    folds = list(params.train.folds)
+    read_folds(layout)  # the folds exist (an error says what to run otherwise)
+    lines = ["# Run summary", "",
+             f"{datetime.date.today().isoformat()}, {platform.machine()} with "
+             f"{__import__('os').cpu_count()} CPU cores, competition `{params.data.root}`.", ""]
+    lines += ["## Out-of-fold mIoU (models x rounds)", "", "| model | " + " | ".join(f"round {r}" for r in rounds)
+              + " |", "|---|" + "---|" * len(rounds)]
+    oof: dict[str, dict[int, float | None]] = {}
+    for m in params.train.models:
+        oof[m] = {r: oof_miou(layout, m, folds, r, len(classes)) for r in rounds}
+        lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in oof[m].values()) + " |")
+    write_json(layout.metrics_dir / "summary.json", {
+        "oof_mIoU": {m: {f"round{r}": v for r, v in by_round.items()} for m, by_round in oof.items()}})
+    infer = _json(layout.infer_json) or {}
+    if infer:
+        lines += ["", "## Ensemble", "",
+                  f"Round {infer.get('round')} models, averaged in {infer.get('space')} space.", "",
+                  "| model | TTA (chosen on OOF) | weight | OOF mIoU with TTA |", "|---|---|---|---|"]
+        for m, e in infer.get("per_model", {}).items():
+            oof_t = e.get("oof_mIoU")
+            lines.append(f"| {m} | {e.get('tta')} | {infer['weights'].get(m, 0):.3f} | "
+                         + ("-" if oof_t is None else f"{oof_t:.4f}") + " |")
+        if "oof_mIoU" in infer:
+            lines += ["", f"Ensemble OOF mIoU: {infer['oof_mIoU']:.4f} (equal weights "
+                      f"{infer['oof_mIoU_equal_weights']:.4f})."]
+    lb = _json(layout.leaderboard_json)
+    if lb:
+        lines += ["", "## Local leaderboard (held-back test truth)", "",
+                  f"mIoU **{lb['mIoU']:.4f}**, mBIoU {lb['mBIoU']:.4f}, aAcc {lb['aAcc']:.4f} "
+                  "(11 classes with background, dataset convention).", "", format_markdown(lb)]
+    secs = stage_seconds(layout, params)
+    if secs:
+        lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in secs.items()]
+    prediction_grid(params, layout, layout.reports_dir / "predictions.png")
+    lines += ["", "## Test predictions", "", "Each pair: test image | predicted mask (colour = class).", "",
+              "![test predictions](predictions.png)"]
+    text = "\n".join(lines) + "\n"
+    write_text(layout.reports_dir / "summary.md", text)
+    return text
+

@@ -1,0 +1,24 @@
+"""Stage `infer`: TTA + ensemble inference of the test set -> submissions/submission.csv (+ local leaderboard)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import load_params
+from pipeline.errors import run_cli
+from pipeline.infer import run_ensemble
+from pipeline.io import write_json
+from pipeline.paths import Layout
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.infer", description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo, infer)")
+    args = ap.parse_args(argv)
+    layout = Layout()
+    write_json(layout.infer_json, run_ensemble(load_params(args.params), layout))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

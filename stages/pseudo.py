@@ -1,0 +1,26 @@
+"""Stage `pseudo`: the round-1 ensemble labels the test images (confident pixels only) for round 2."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import load_params
+from pipeline.errors import run_cli
+from pipeline.io import write_json
+from pipeline.paths import Layout
+from pipeline.pseudo import make_pseudo_labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.pseudo", description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo, infer)")
+    ap.add_argument("--round", type=int, default=1, help="the round whose models make the labels")
+    args = ap.parse_args(argv)
+    layout = Layout()
+    summary = make_pseudo_labels(load_params(args.params), layout, args.round)
+    write_json(layout.metrics_dir / "pseudo.json", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

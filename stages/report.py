@@ -1,0 +1,22 @@
+"""Stage `report`: reports/summary.md (OOF by model and round, ensemble, leaderboard, timings, predictions)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import load_params
+from pipeline.errors import run_cli
+from pipeline.paths import Layout
+from pipeline.summary import write_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo)")
+    args = ap.parse_args(argv)
+    print(write_summary(load_params(args.params), Layout()))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
