@@ -81,8 +81,10 @@ def main() -> None:
                 opt.step()
             rates.append(steps * rec.batch_size / (time.time() - t0))
         bare = float(np.mean(rates[1:]) if len(rates) > 1 else rates[0])
-    print(f"model {args.model}, {len(split.train_images)} training images, batch {rec.batch_size}, "
-          f"{torch.get_num_threads()} threads, epochs {args.epochs} (first epoch excluded when >1)")
+    print(
+        f"model {args.model}, {len(split.train_images)} training images, batch {rec.batch_size}, "
+        f"{torch.get_num_threads()} threads, epochs {args.epochs} (first epoch excluded when >1)"
+    )
     print(f"{'loop':<28}{'images/s':>10}")
     print(f"{'training stage (train_fold)':<28}{stage:>10.1f}")
     print(f"{'bare SMP loop':<28}{bare:>10.1f}")

@@ -48,8 +48,11 @@ def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def oof_miou(
-    per_model: Sequence[dict[str, np.ndarray]], truth: dict[str, np.ndarray], weights: Sequence[float],
-    space: str, num_classes: int,
+    per_model: Sequence[dict[str, np.ndarray]],
+    truth: dict[str, np.ndarray],
+    weights: Sequence[float],
+    space: str,
+    num_classes: int,
 ) -> float:
     """Dataset mIoU of the weighted ensemble over the images every model has an OOF prediction for."""
     cm = ConfusionMatrix(num_classes)
@@ -60,8 +63,12 @@ def oof_miou(
 
 
 def fit_weights(
-    per_model: Sequence[dict[str, np.ndarray]], truth: dict[str, np.ndarray], space: str, num_classes: int,
-    step: float = 0.1, max_rounds: int = 20,
+    per_model: Sequence[dict[str, np.ndarray]],
+    truth: dict[str, np.ndarray],
+    space: str,
+    num_classes: int,
+    step: float = 0.1,
+    max_rounds: int = 20,
 ) -> tuple[list[float], float, float]:
     """Fit ensemble weights on OOF predictions; return (weights, OOF mIoU with them, OOF mIoU with equal)."""
     n = len(per_model)

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import datetime
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,9 +33,9 @@ from pipeline.config import InferParams, ModelConfig, Params, TtaConfig, from_di
 from pipeline.data.coco import load_coco
 from pipeline.data.dataset import SegDataset
 from pipeline.data.folds import read_folds
-from pipeline.ensemble import EPS, combine, fit_temperature, fit_weights, temper
+from pipeline.ensemble import EPS, fit_temperature, fit_weights, temper
 from pipeline.errors import UserError, run_cli
-from pipeline.io import load_torch, read_json, read_mask, safe_join, write_json, write_npz
+from pipeline.io import load_torch, read_mask, safe_join, write_json
 from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
@@ -62,8 +61,10 @@ def find_members(layout: Layout, models: Sequence[str], folds: Sequence[int], ro
         for f in folds:
             path = layout.checkpoint(m, f, round_)
             if not path.is_file():
-                raise UserError(f"{path} not found: train it first (dvc repro, or python -m stages.train --model {m} "
-                                f"--fold {f} --round {round_})")
+                raise UserError(
+                    f"{path} not found: train it first (dvc repro, or python -m stages.train --model {m} "
+                    f"--fold {f} --round {round_})"
+                )
             members.append(Member(m, f, round_, path))
     return members
 
@@ -88,8 +89,9 @@ class GroupForward(nn.Module):
     result. Log-probabilities come out so the caller can resize them like logits.
     """
 
-    def __init__(self, models: Sequence[nn.Module], tta: TtaConfig, space: str, temperature: float = 1.0,
-                 batched: bool = True) -> None:
+    def __init__(
+        self, models: Sequence[nn.Module], tta: TtaConfig, space: str, temperature: float = 1.0, batched: bool = True
+    ) -> None:
         super().__init__()
         self.models = nn.ModuleList(TtaForward(m, tta, batched) for m in models)
         self.space, self.temperature = space, temperature
@@ -147,8 +149,12 @@ def oof_data(layout: Layout, params: Params, folds: Sequence[int]) -> OofData:
 
 
 def predict_oof(
-    forward_by_fold: dict[int, nn.Module], data: OofData, device: torch.device, batch_size: int,
-    amp_ctx: Any, limit: dict[int, int] | None = None,
+    forward_by_fold: dict[int, nn.Module],
+    data: OofData,
+    device: torch.device,
+    batch_size: int,
+    amp_ctx: Any,
+    limit: dict[int, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (image id, (C, H, W) float32 probabilities) for each fold's validation images with its model."""
     for f, forward in forward_by_fold.items():
@@ -169,8 +175,9 @@ def oof_score(probs: Iterator[tuple[int, np.ndarray]], layout: Layout, num_class
 
 def tta_candidates(base: TtaConfig, p: InferParams) -> list[tuple[str, TtaConfig]]:
     """The greedy search's steps: each flip, then each extra scale, as an addition to the current set."""
-    steps: list[tuple[str, TtaConfig]] = [(f, TtaConfig(flips=[f], scales=[1.0], merge=p.tta_merge))
-                                         for f in p.tta_flips]
+    steps: list[tuple[str, TtaConfig]] = [
+        (f, TtaConfig(flips=[f], scales=[1.0], merge=p.tta_merge)) for f in p.tta_flips
+    ]
     steps += [(f"scale {s:g}", TtaConfig(flips=[], scales=[1.0, s], merge=p.tta_merge)) for s in p.tta_scales]
     return steps
 
@@ -182,8 +189,13 @@ def _merge_tta(a: TtaConfig, b: TtaConfig) -> TtaConfig:
 
 
 def choose_tta(
-    models_by_fold: dict[int, nn.Module], data: OofData, layout: Layout, p: InferParams, num_classes: int,
-    device: torch.device, amp_ctx: Any,
+    models_by_fold: dict[int, nn.Module],
+    data: OofData,
+    layout: Layout,
+    p: InferParams,
+    num_classes: int,
+    device: torch.device,
+    amp_ctx: Any,
 ) -> tuple[TtaConfig, list[dict[str, Any]]]:
     """Greedy TTA selection on OOF mIoU; returns the chosen set and the score of every candidate tried."""
     total = sum(len(v) for v in data.ids.values())
@@ -238,9 +250,12 @@ def test_set(params: Params, images_dir: str | None = None) -> TestSet:
     root = Path(params.data.root)
     coco = load_coco(root / params.data.test_json, require_annotations=False, on_error=params.data.on_error)
     images_root = root / params.data.images_dir
-    return TestSet([im.id for im in coco.images], [im.file_name for im in coco.images],
-                   [safe_join(images_root, im.file_name) for im in coco.images],
-                   [(im.height, im.width) for im in coco.images])
+    return TestSet(
+        [im.id for im in coco.images],
+        [im.file_name for im in coco.images],
+        [safe_join(images_root, im.file_name) for im in coco.images],
+        [(im.height, im.width) for im in coco.images],
+    )
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -249,15 +264,21 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
 def run_ensemble(
-    params: Params, layout: Layout, output: str | None = None, images_dir: str | None = None,
-    checkpoints: Sequence[str] = (), tta_mode: str | None = None, overlays: int | None = None,
+    params: Params,
+    layout: Layout,
+    output: str | None = None,
+    images_dir: str | None = None,
+    checkpoints: Sequence[str] = (),
+    tta_mode: str | None = None,
+    overlays: int | None = None,
 ) -> dict[str, Any]:
     """Choose TTA and weights on OOF, predict the test set streaming, write and validate the submission."""
     p = params.infer
@@ -287,8 +308,13 @@ def run_ensemble(
 
     have_oof = not checkpoints and all(layout.oof_path(m.model, m.fold, round_).is_file() for m in members)
     data = oof_data(layout, params, params.train.folds) if have_oof else None
-    report: dict[str, Any] = {"round": round_, "models": list(groups), "folds": list(params.train.folds),
-                              "space": p.space, "per_model": {}}
+    report: dict[str, Any] = {
+        "round": round_,
+        "models": list(groups),
+        "folds": list(params.train.folds),
+        "space": p.space,
+        "per_model": {},
+    }
     ttas: dict[str, TtaConfig] = {}
     temps: dict[str, float] = {}
     oof_probs: dict[str, dict[str, np.ndarray]] = {}
@@ -341,7 +367,9 @@ def run_ensemble(
     tests = test_set(params, images_dir)
     ensemble = EnsembleForward(
         [GroupForward(list(groups[n].values()), ttas[n], p.space, temps.get(n, 1.0), p.batched_tta) for n in names],
-        weights, p.space).to(device)
+        weights,
+        p.space,
+    ).to(device)
     sample = Path(params.data.root) / params.data.sample_submission
     writer = SubmissionWriter(classes, fmt, sample=sample if sample.is_file() and images_dir is None else None)
     ds = SegDataset(tests.paths, None, None, preload=False)
@@ -372,13 +400,21 @@ def run_ensemble(
         report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
         write_json(layout.leaderboard_json, lb)
         print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
-    append_ledger(layout.ledger, {
-        "file": str(out), "time": datetime.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-        "models": " ".join(names), "folds": " ".join(map(str, params.train.folds)),
-        "tta": "; ".join(f"{n}: {describe(ttas[n])}" for n in names),
-        "ensemble_weights": " ".join(f"{n}={w:.3f}" for n, w in zip(names, weights)),
-        "oof_miou": report.get("oof_mIoU", ""), "lb_miou": lb["mIoU"] if lb else "", "public_score": "",
-    })
+    append_ledger(
+        layout.ledger,
+        {
+            "file": str(out),
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "models": " ".join(names),
+            "folds": " ".join(map(str, params.train.folds)),
+            "tta": "; ".join(f"{n}: {describe(ttas[n])}" for n in names),
+            "ensemble_weights": " ".join(f"{n}={w:.3f}" for n, w in zip(names, weights)),
+            "oof_miou": report.get("oof_mIoU", ""),
+            "lb_miou": lb["mIoU"] if lb else "",
+            "public_score": "",
+        },
+    )
     return report
 
 
@@ -412,11 +448,19 @@ def main(argv: list[str] | None = None) -> int:
         "leaderboard when test truth exists, and adds a row to submissions/ledger.csv. After uploading, paste the "
         "public score into that row's public_score column to compare CV (oof_miou) with LB.",
     )
-    ap.add_argument("--ensemble", action="store_true", help="ensemble the trained models listed in params "
-                    "(infer.models or train.models, every fold in train.folds)")
+    ap.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="ensemble the trained models listed in params (infer.models or train.models, every fold in train.folds)",
+    )
     ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, infer)")
-    ap.add_argument("--checkpoint", action="append", default=[], metavar="PT",
-                    help="use these checkpoints instead (repeatable); no OOF selection then")
+    ap.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="PT",
+        help="use these checkpoints instead (repeatable); no OOF selection then",
+    )
     ap.add_argument("--tta", choices=["auto", "config", "none"], help="override infer.tta")
     ap.add_argument("--output", help="submission CSV to write (default infer.output)")
     ap.add_argument("--images", help="a folder of new images to predict instead of the competition's test set")

@@ -24,8 +24,9 @@ from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
 from pipeline.submission import SubmissionFormat, read_submission_csv, validate_submission
 
 
-def decode_submission(csv_path: Path, test_json: Path, fmt: SubmissionFormat,
-                      classes: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def decode_submission(
+    csv_path: Path, test_json: Path, fmt: SubmissionFormat, classes: list[dict[str, Any]]
+) -> dict[str, np.ndarray]:
     """``{file stem: (H, W) uint8 class mask}`` decoded from a per_class or per_image submission."""
     images = read_json(test_json)["images"]
     df = read_submission_csv(csv_path)
@@ -40,8 +41,10 @@ def decode_submission(csv_path: Path, test_json: Path, fmt: SubmissionFormat,
     for _, row in df.iterrows():
         if fmt.layout == "per_class":
             if fmt.key_format is not None:
-                raise UserError("leaderboard: key_format submissions are scored through their sample's columns; "
-                                "use id and class columns")
+                raise UserError(
+                    "leaderboard: key_format submissions are scored through their sample's columns; "
+                    "use id and class columns"
+                )
             image, label = str(row[fmt.id_column]), str(row[fmt.class_column])
             m = rle.decode(str(row[pred]), shapes[image], fmt.rle)
             masks[image][m] = label_to_index[label]

@@ -20,8 +20,12 @@ def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Modul
         if term.name == "ce":
             weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
             return nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE, **kw)
-        cls = {"dice": smp.losses.DiceLoss, "lovasz": smp.losses.LovaszLoss, "focal": smp.losses.FocalLoss,
-               "jaccard": smp.losses.JaccardLoss}[term.name]
+        cls = {
+            "dice": smp.losses.DiceLoss,
+            "lovasz": smp.losses.LovaszLoss,
+            "focal": smp.losses.FocalLoss,
+            "jaccard": smp.losses.JaccardLoss,
+        }[term.name]
         return cls(mode="multiclass", ignore_index=IGNORE, **kw)
     except TypeError as e:
         raise UserError(f"loss {term.name}: bad kwargs {kw}: {e}") from None

@@ -41,8 +41,10 @@ def collate_by_shape(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(tuple(it["image"].shape), []).append(it)
     out = []
     for group in groups.values():
-        batch: dict[str, Any] = {"image": torch.stack([g["image"] for g in group]),
-                                 "index": torch.tensor([g["index"] for g in group])}
+        batch: dict[str, Any] = {
+            "image": torch.stack([g["image"] for g in group]),
+            "index": torch.tensor([g["index"] for g in group]),
+        }
         if "mask" in group[0]:
             batch["mask"] = torch.stack([g["mask"] for g in group])
         out.append(batch)
@@ -75,8 +77,9 @@ def iter_logits(
     ``sizes(index)`` gives an image's original (H, W); logits of another size are resized back to it (bilinear).
     Truth masks are not passed through here: callers read them at original size from the dataset.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_by_shape)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_by_shape
+    )
     for groups in loader:
         for batch in groups:
             x = normalize(batch["image"].to(device, non_blocking=True))

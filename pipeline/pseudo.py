@@ -22,7 +22,14 @@ from pipeline.config import Params, TtaConfig
 from pipeline.data.dataset import SegDataset
 from pipeline.errors import UserError
 from pipeline.infer import (
-    EnsembleForward, GroupForward, choose_tta, find_members, load_member, oof_data, resolve_device, test_set,
+    EnsembleForward,
+    GroupForward,
+    choose_tta,
+    find_members,
+    load_member,
+    oof_data,
+    resolve_device,
+    test_set,
 )
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.paths import Layout
@@ -77,14 +84,23 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     ds = SegDataset(tests.paths, None, None, preload=False)
     for s in pseudo_sets(params):
         folds = params.train.folds if s == "all" else [s]
-        groups = [GroupForward([loaded[(n, f)][0] for f in folds], ttas[n], params.infer.space,
-                               batched=params.infer.batched_tta) for n in params.train.models]
+        groups = [
+            GroupForward(
+                [loaded[(n, f)][0] for f in folds], ttas[n], params.infer.space, batched=params.infer.batched_tta
+            )
+            for n in params.train.models
+        ]
         ensemble = EnsembleForward(groups, [1.0] * len(groups), params.infer.space).to(device)
         rows, per_class_conf, per_class_all = [], np.zeros(len(classes)), np.zeros(len(classes))
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
-            for idx, logp in tqdm(iter_logits(ensemble, ds, device, params.infer.batch_size,
-                                              sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx),
-                                  desc=f"pseudo set {s}", unit="batch", mininterval=1.0):
+            for idx, logp in tqdm(
+                iter_logits(
+                    ensemble, ds, device, params.infer.batch_size, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx
+                ),
+                desc=f"pseudo set {s}",
+                unit="batch",
+                mininterval=1.0,
+            ):
                 probs = logp.softmax(1).cpu().numpy()
                 for j, i in enumerate(idx.tolist()):
                     mask, conf = confident_mask(probs[j], p.threshold)
@@ -98,12 +114,20 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                     rows.append([tests.ids[i], tests.file_names[i], f"{tests.ids[i]}.png", round(share, 4)])
             write_csv(d / "index.csv", ["image_id", "file_name", "mask", "confident"], rows)
             summary = {
-                "set": str(s), "models": params.train.models, "folds": list(folds),
+                "set": str(s),
+                "models": params.train.models,
+                "folds": list(folds),
                 "tta": {n: dataclasses.asdict(t) for n, t in ttas.items()},
-                "test_images": len(ds), "kept_images": len(rows),
+                "test_images": len(ds),
+                "kept_images": len(rows),
                 "confident_pixel_share_per_class": {
-                    c["name"]: (float(per_class_conf[c["index"]] / per_class_all[c["index"]])
-                                if per_class_all[c["index"]] else None) for c in classes},
+                    c["name"]: (
+                        float(per_class_conf[c["index"]] / per_class_all[c["index"]])
+                        if per_class_all[c["index"]]
+                        else None
+                    )
+                    for c in classes
+                },
             }
             write_json(d / "summary.json", summary)
         print(f"pseudo set {s}: kept {len(rows)}/{len(ds)} test images")

@@ -88,42 +88,74 @@ def write_summary(params: Params, layout: Layout) -> str:
     rounds = [1] + ([2] if params.pseudo.rounds >= 1 else [])
     folds = list(params.train.folds)
     read_folds(layout)  # the folds exist (an error says what to run otherwise)
-    lines = ["# Run summary", "",
-             f"{datetime.date.today().isoformat()}, {platform.machine()} with "
-             f"{__import__('os').cpu_count()} CPU cores, competition `{params.data.root}`.", ""]
-    lines += ["## Out-of-fold mIoU (models x rounds)", "", "| model | " + " | ".join(f"round {r}" for r in rounds)
-              + " |", "|---|" + "---|" * len(rounds)]
+    lines = [
+        "# Run summary",
+        "",
+        f"{datetime.date.today().isoformat()}, {platform.machine()} with "
+        f"{__import__('os').cpu_count()} CPU cores, competition `{params.data.root}`.",
+        "",
+    ]
+    lines += [
+        "## Out-of-fold mIoU (models x rounds)",
+        "",
+        "| model | " + " | ".join(f"round {r}" for r in rounds) + " |",
+        "|---|" + "---|" * len(rounds),
+    ]
     oof: dict[str, dict[int, float | None]] = {}
     for m in params.train.models:
         oof[m] = {r: oof_miou(layout, m, folds, r, len(classes)) for r in rounds}
         lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in oof[m].values()) + " |")
-    write_json(layout.metrics_dir / "summary.json", {
-        "oof_mIoU": {m: {f"round{r}": v for r, v in by_round.items()} for m, by_round in oof.items()}})
+    write_json(
+        layout.metrics_dir / "summary.json",
+        {"oof_mIoU": {m: {f"round{r}": v for r, v in by_round.items()} for m, by_round in oof.items()}},
+    )
     infer = _json(layout.infer_json) or {}
     if infer:
-        lines += ["", "## Ensemble", "",
-                  f"Round {infer.get('round')} models, averaged in {infer.get('space')} space.", "",
-                  "| model | TTA (chosen on OOF) | weight | OOF mIoU with TTA |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Ensemble",
+            "",
+            f"Round {infer.get('round')} models, averaged in {infer.get('space')} space.",
+            "",
+            "| model | TTA (chosen on OOF) | weight | OOF mIoU with TTA |",
+            "|---|---|---|---|",
+        ]
         for m, e in infer.get("per_model", {}).items():
             oof_t = e.get("oof_mIoU")
-            lines.append(f"| {m} | {e.get('tta')} | {infer['weights'].get(m, 0):.3f} | "
-                         + ("-" if oof_t is None else f"{oof_t:.4f}") + " |")
+            lines.append(
+                f"| {m} | {e.get('tta')} | {infer['weights'].get(m, 0):.3f} | "
+                + ("-" if oof_t is None else f"{oof_t:.4f}")
+                + " |"
+            )
         if "oof_mIoU" in infer:
-            lines += ["", f"Ensemble OOF mIoU: {infer['oof_mIoU']:.4f} (equal weights "
-                      f"{infer['oof_mIoU_equal_weights']:.4f})."]
+            lines += [
+                "",
+                f"Ensemble OOF mIoU: {infer['oof_mIoU']:.4f} (equal weights {infer['oof_mIoU_equal_weights']:.4f}).",
+            ]
     lb = _json(layout.leaderboard_json)
     if lb:
-        lines += ["", "## Local leaderboard (held-back test truth)", "",
-                  f"mIoU **{lb['mIoU']:.4f}**, mBIoU {lb['mBIoU']:.4f}, aAcc {lb['aAcc']:.4f} "
-                  "(11 classes with background, dataset convention).", "", format_markdown(lb)]
+        lines += [
+            "",
+            "## Local leaderboard (held-back test truth)",
+            "",
+            f"mIoU **{lb['mIoU']:.4f}**, mBIoU {lb['mBIoU']:.4f}, aAcc {lb['aAcc']:.4f} "
+            "(11 classes with background, dataset convention).",
+            "",
+            format_markdown(lb),
+        ]
     secs = stage_seconds(layout, params)
     if secs:
         lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in secs.items()]
     prediction_grid(params, layout, layout.reports_dir / "predictions.png")
-    lines += ["", "## Test predictions", "", "Each pair: test image | predicted mask (colour = class).", "",
-              "![test predictions](predictions.png)"]
+    lines += [
+        "",
+        "## Test predictions",
+        "",
+        "Each pair: test image | predicted mask (colour = class).",
+        "",
+        "![test predictions](predictions.png)",
+    ]
     text = "\n".join(lines) + "\n"
     write_text(layout.reports_dir / "summary.md", text)
     return text
-

@@ -41,7 +41,17 @@ from pipeline.config import DataParams, ModelConfig, Params, TrainParams, to_dic
 from pipeline.data.dataset import SegDataset, build_transform, normalize
 from pipeline.data.folds import read_folds
 from pipeline.errors import UserError
-from pipeline.io import load_torch, read_image, read_json, safe_join, save_torch, write_csv, write_json, write_npz, write_text
+from pipeline.io import (
+    load_torch,
+    read_image,
+    read_json,
+    safe_join,
+    save_torch,
+    write_csv,
+    write_json,
+    write_npz,
+    write_text,
+)
 from pipeline.losses import WeightedLoss
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
 from pipeline.models.optim import param_groups
@@ -129,8 +139,7 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-                  "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
     }
     if torch.cuda.is_available():
@@ -150,8 +159,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init: str | None) -> str:
     """What a checkpoint must match to be resumed: config, fold, round, training images, initial weights."""
-    blob = json.dumps({"config": to_dict(cfg), "fold": fold, "round": round_, "init": init,
-                       "train": [str(p) for p in split.train_images], "val": split.val_ids}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "config": to_dict(cfg),
+            "fold": fold,
+            "round": round_,
+            "init": init,
+            "train": [str(p) for p in split.train_images],
+            "val": split.val_ids,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -209,10 +227,20 @@ def train_fold(
     transform = build_transform(cfg, train=True, seed=rec.seed)
     train_ds = SegDataset(split.train_images, split.train_masks, transform, preload=params.preload)
     val_ds = SegDataset(split.val_images, split.val_masks, build_transform(cfg, train=False), preload=params.preload)
-    sampler = DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True) \
-        if ddp.world > 1 else None
-    loader = DataLoader(train_ds, batch_size=per_proc_batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=rec.num_workers, drop_last=True, persistent_workers=rec.num_workers > 0)
+    sampler = (
+        DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
+        if ddp.world > 1
+        else None
+    )
+    loader = DataLoader(
+        train_ds,
+        batch_size=per_proc_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=rec.num_workers,
+        drop_last=True,
+        persistent_workers=rec.num_workers > 0,
+    )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UserError(f"fold {fold}: {len(train_ds)} training images is fewer than one batch ({rec.batch_size})")
@@ -230,7 +258,8 @@ def train_fold(
     optimizer = torch.optim.AdamW(param_groups(model, rec.lr, rec.weight_decay, rec.layer_decay), lr=rec.lr)
     warmup = int(round(rec.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, rec.min_lr_ratio))
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, rec.min_lr_ratio)
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and rec.amp == "fp16")
     ema = None
     if rec.ema is not None:
@@ -269,11 +298,24 @@ def train_fold(
 
     def checkpoint(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         return {
-            "model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "epoch": epoch, "step": step, "best_miou": best, "best_epoch": best_epoch,
-            "history": history, "fingerprint": fp, "config": to_dict(cfg), "classes": classes, "metrics": metrics,
-            "model_name": model_name, "fold": fold, "round": round_,
+            "model": model.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step": step,
+            "best_miou": best,
+            "best_epoch": best_epoch,
+            "history": history,
+            "fingerprint": fp,
+            "config": to_dict(cfg),
+            "classes": classes,
+            "metrics": metrics,
+            "model_name": model_name,
+            "fold": fold,
+            "round": round_,
         }
 
     eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
@@ -285,8 +327,14 @@ def train_fold(
             sampler.set_epoch(epoch)
         net.train()
         loss_sum, n = torch.zeros((), device=device), 0
-        bar = tqdm(loader, desc=f"{model_name} f{fold} r{round_} ep {epoch + 1}/{rec.epochs}", unit="batch",
-                   disable=not (progress and ddp.main), mininterval=2.0, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"{model_name} f{fold} r{round_} ep {epoch + 1}/{rec.epochs}",
+            unit="batch",
+            disable=not (progress and ddp.main),
+            mininterval=2.0,
+            leave=False,
+        )
         for batch in bar:
             x = normalize(batch["image"].to(device, non_blocking=True))
             y = batch["mask"].to(device, non_blocking=True)
@@ -307,19 +355,34 @@ def train_fold(
             step += 1
             loss_sum += loss.detach()
             n += 1
+        if ddp.world > 1:
+            dist.all_reduce(loss_sum)  # every rank's share: the logged loss is the global mean
+            loss_sum /= ddp.world
         train_loss = float(loss_sum) / max(1, n)
         train_img_s = n * per_proc_batch * ddp.world / max(1e-9, time.time() - t0)  # training only, not validation
         val = evaluate(eval_model(), val_ds, device, rec.batch_size, classes, amp_ctx, ddp, rec.channels_last)
         if val["mIoU"] > best:
             best, best_epoch = val["mIoU"], epoch + 1
-        row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[-1]["lr"], "train_loss": train_loss,
-               "val_mIoU": val["mIoU"], "val_mBIoU": val["mBIoU"], "val_aAcc": val["aAcc"], "train_img_s": round(train_img_s, 1),
-               "seconds": round(time.time() - t0, 2)}
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "train_loss": train_loss,
+            "val_mIoU": val["mIoU"],
+            "val_mBIoU": val["mBIoU"],
+            "val_aAcc": val["aAcc"],
+            "train_img_s": round(train_img_s, 1),
+            "seconds": round(time.time() - t0, 2),
+        }
         history.append(row)
         if ddp.main:
-            print(f"{model_name} fold {fold} round {round_} epoch {epoch + 1}/{rec.epochs}: loss {train_loss:.4f} "
-                  f"val mIoU {val['mIoU']:.4f} mBIoU {val['mBIoU']:.4f} aAcc {val['aAcc']:.4f} ({row['seconds']:.1f}s)")
-            write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history])
+            print(
+                f"{model_name} fold {fold} round {round_} epoch {epoch + 1}/{rec.epochs}: loss {train_loss:.4f} "
+                f"val mIoU {val['mIoU']:.4f} mBIoU {val['mBIoU']:.4f} aAcc {val['aAcc']:.4f} ({row['seconds']:.1f}s)"
+            )
+            write_csv(
+                layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history]
+            )
             ck = checkpoint(epoch + 1, val)
             if best_epoch == epoch + 1:
                 save_torch(out_dir / "best.pt", ck)
@@ -328,8 +391,9 @@ def train_fold(
         dist.barrier()
     result: dict[str, Any] = {}
     if ddp.main:
-        result = finish_fold(out_dir, val_ds, split.val_ids, device, rec.batch_size, classes, amp_ctx,
-                             rec.channels_last, cfg, history)
+        result = finish_fold(
+            out_dir, val_ds, split.val_ids, device, rec.batch_size, classes, amp_ctx, rec.channels_last, cfg, history
+        )
     if ddp.world > 1:
         dist.barrier()
     return result
@@ -337,8 +401,14 @@ def train_fold(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, val_ds: SegDataset, device: torch.device, batch_size: int, classes: list[dict[str, Any]],
-    amp_ctx: Callable[[], Any], ddp: Dist, channels_last: bool,
+    model: torch.nn.Module,
+    val_ds: SegDataset,
+    device: torch.device,
+    batch_size: int,
+    classes: list[dict[str, Any]],
+    amp_ctx: Callable[[], Any],
+    ddp: Dist,
+    channels_last: bool,
 ) -> dict[str, Any]:
     """Validation metrics over the fold's validation images (sharded over processes, matrices all-reduced)."""
     model.eval()
@@ -348,8 +418,9 @@ def evaluate(
         subset = torch.utils.data.Subset(val_ds, list(range(ddp.rank, len(val_ds), ddp.world)))
         # Subset re-indexes items; the dataset's own index is kept in item["index"] so sizes still resolve
     sizes = lambda i: val_ds.original_mask(i).shape  # noqa: E731
-    for idx, logits in iter_logits(model, subset, device, batch_size, sizes, amp_ctx=amp_ctx,
-                                   channels_last=channels_last):
+    for idx, logits in iter_logits(
+        model, subset, device, batch_size, sizes, amp_ctx=amp_ctx, channels_last=channels_last
+    ):
         pred = logits.argmax(1).cpu()
         truth = torch.from_numpy(np.stack([val_ds.original_mask(int(i)) for i in idx]))
         cm.update(pred, truth)
@@ -362,8 +433,15 @@ def evaluate(
 
 
 def finish_fold(
-    out_dir: Path, val_ds: SegDataset, val_ids: list[int], device: torch.device, batch_size: int,
-    classes: list[dict[str, Any]], amp_ctx: Callable[[], Any], channels_last: bool, cfg: ModelConfig,
+    out_dir: Path,
+    val_ds: SegDataset,
+    val_ids: list[int],
+    device: torch.device,
+    batch_size: int,
+    classes: list[dict[str, Any]],
+    amp_ctx: Callable[[], Any],
+    channels_last: bool,
+    cfg: ModelConfig,
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Reload the best checkpoint, write out-of-fold probabilities and metrics.json; return the metrics."""
@@ -376,8 +454,9 @@ def finish_fold(
     probs: dict[str, np.ndarray] = {}
     preds: dict[int, np.ndarray] = {}
     sizes = lambda i: val_ds.original_mask(i).shape  # noqa: E731
-    for idx, logits in iter_logits(model, val_ds, device, batch_size, sizes, amp_ctx=amp_ctx,
-                                   channels_last=channels_last):
+    for idx, logits in iter_logits(
+        model, val_ds, device, batch_size, sizes, amp_ctx=amp_ctx, channels_last=channels_last
+    ):
         p = torch.softmax(logits, 1).half().cpu().numpy()  # (B, C, H, W) float16
         for j, i in enumerate(idx.tolist()):
             probs[str(val_ids[i])] = p[j]
@@ -385,9 +464,15 @@ def finish_fold(
     write_npz(out_dir / "oof.npz", **probs)
     fold_report(out_dir, val_ds, [preds[i] for i in range(len(val_ds))], classes)
     m = ck["metrics"]
-    metrics = {"best_epoch": ck["best_epoch"], "val_mIoU": m["mIoU"], "val_mBIoU": m["mBIoU"], "val_aAcc": m["aAcc"],
-               "epochs": len(history), "train_seconds": round(sum(r["seconds"] for r in history), 1),
-               "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()}}
+    metrics = {
+        "best_epoch": ck["best_epoch"],
+        "val_mIoU": m["mIoU"],
+        "val_mBIoU": m["mBIoU"],
+        "val_aAcc": m["aAcc"],
+        "epochs": len(history),
+        "train_seconds": round(sum(r["seconds"] for r in history), 1),
+        "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()},
+    }
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
@@ -409,8 +494,9 @@ def fold_report(out_dir: Path, val_ds: SegDataset, preds: list[np.ndarray], clas
     write_tables(summary, out_dir / "per_class.csv", out_dir / "per_class.md")
     plot_confusion_matrix(cm.matrix, names, out_dir / "confusion.png")
     images = _LazyImages(val_ds.images)  # only the drawn rows are read
-    plot_examples(out_dir / "examples.png", images, truths, preds, len(classes), n=4,
-                  scores=image_miou(cm.image_matrices))
+    plot_examples(
+        out_dir / "examples.png", images, truths, preds, len(classes), n=4, scores=image_miou(cm.image_matrices)
+    )
 
 
 class _LazyImages:

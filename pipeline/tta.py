@@ -31,7 +31,7 @@ def tta_transforms(cfg: TtaConfig) -> ttach.Compose:
 
 
 def describe(cfg: TtaConfig) -> str:
-    """A short name for a TTA set, e.g. ``hflip+scales(0.75,1.0,1.25)`` or ``none``."""
+    """A short name for a TTA set, e.g. ``hflip+scales(0.75,1,1.25)`` or ``none``."""
     parts = list(cfg.flips)
     scales = sorted(set(cfg.scales) | {1.0})
     if scales != [1.0]:
@@ -40,7 +40,11 @@ def describe(cfg: TtaConfig) -> str:
 
 
 class TtaForward(nn.Module):
-    """(B, 3, H, W) normalised images -> (B, C, H, W) merged logits over the TTA set."""
+    """(B, 3, H, W) normalised images -> (B, C, H, W) merged logits over the TTA set.
+
+    ``mean`` and ``max`` merge the logits; ``gmean`` merges probabilities geometrically and returns the mean
+    log-probabilities (valid logits).
+    """
 
     def __init__(self, model: nn.Module, cfg: TtaConfig, batched: bool = False) -> None:
         super().__init__()
@@ -54,12 +58,16 @@ class TtaForward(nn.Module):
         size = x.shape[-2:]
         augmented = [t.augment_image(x) for t in self.transforms]
         outputs = self._run(augmented)
-        merger = ttach.base.Merger(type=self.merge, n=len(self.transforms))
+        # ttach's gmean multiplies its inputs and takes the n-th root: meant for probabilities, NaN on signed logits.
+        # The geometric mean of probabilities is the arithmetic mean of log-probabilities (up to a per-pixel
+        # constant, which softmax and argmax ignore), so gmean averages log_softmax outputs.
+        gmean = self.merge == "gmean"
+        merger = ttach.base.Merger(type="mean" if gmean else self.merge, n=len(self.transforms))
         for t, out in zip(self.transforms, outputs):
             out = t.deaugment_mask(out)
             if out.shape[-2:] != size:
                 out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-            merger.append(out)
+            merger.append(out.log_softmax(1) if gmean else out)
         return merger.result
 
     def _run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -27,17 +27,22 @@ def main(argv: list[str] | None = None) -> int:
     extra, init = [], None
     if args.round > 1:
         if params.pseudo.rounds < args.round - 1:
-            write_text(layout.model_dir(args.model, args.fold, args.round) / "skipped.txt",
-                       f"pseudo.rounds is {params.pseudo.rounds}: no round {args.round}\n")
+            write_text(
+                layout.model_dir(args.model, args.fold, args.round) / "skipped.txt",
+                f"pseudo.rounds is {params.pseudo.rounds}: no round {args.round}\n",
+            )
             print(f"round {args.round} skipped (pseudo.rounds: {params.pseudo.rounds})")
             return 0
         extra = pseudo_pairs(params, layout, args.fold, args.round - 1)
         if params.pseudo.init_from_previous:
             init = layout.checkpoint(args.model, args.fold, args.round - 1)
-    metrics = train_fold(cfg, args.model, args.fold, layout, params.data, params.train, round_=args.round,
-                         extra=extra, init_weights=init)
+    metrics = train_fold(
+        cfg, args.model, args.fold, layout, params.data, params.train, round_=args.round, extra=extra, init_weights=init
+    )
     if metrics:
-        print(f"{args.model} fold {args.fold}: best val mIoU {metrics['val_mIoU']:.4f} at epoch {metrics['best_epoch']}")
+        print(
+            f"{args.model} fold {args.fold}: best val mIoU {metrics['val_mIoU']:.4f} at epoch {metrics['best_epoch']}"
+        )
     return 0
 
 

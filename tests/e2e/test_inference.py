@@ -1,0 +1,218 @@
+"""Inference end to end on the tiny project trained on both folds: the ensemble CLI, its submission, report, ledger
+and local leaderboard; ``--tta none`` with ``--images``; pseudo-labels (leak-free and full) and round-2 pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import infer, rle
+from pipeline.config import ModelConfig, from_dict
+from pipeline.data.dataset import normalize
+from pipeline.io import read_image, read_json, read_mask
+from pipeline.models.registry import build_model
+from pipeline.pseudo import make_pseudo_labels
+from pipeline.submission import LEDGER_COLUMNS, PER_CLASS, read_submission_csv, shapes_from_coco, validate_submission
+from pipeline.train import pseudo_pairs
+
+if TYPE_CHECKING:
+    from e2e.conftest import Project  # tests/ is on sys.path (tests/conftest.py); annotations only
+
+pytestmark = pytest.mark.slow
+
+NUM_CLASSES = 11
+
+
+@functools.cache
+def fold_model(checkpoint: Path) -> torch.nn.Module:
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = build_model(from_dict(ModelConfig, ck["config"], "checkpoint"), NUM_CLASSES)
+    model.load_state_dict(ck["ema"])
+    return model.eval()
+
+
+def fold_probs(p: Project, fold: int, image: Path) -> np.ndarray:
+    """(C, H, W) softmax of fold ``fold``'s best checkpoint (EMA weights) on one image, computed without the
+    inference code: the reference the ensemble and pseudo-labels are checked against."""
+    with torch.no_grad():
+        x = normalize(torch.from_numpy(read_image(image))[None])
+        return fold_model(p.layout.checkpoint(p.model, fold))(x).softmax(1)[0].numpy()
+
+
+def test_ensemble_cli_writes_a_valid_submission_report_and_ledger_row(trained: Project) -> None:
+    p = trained
+    ledger_rows = len(pd.read_csv(p.layout.ledger)) if p.layout.ledger.is_file() else 0
+    help_run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.infer", "--help"],
+        cwd=p.root,
+        env=p.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # runs beside the ensemble run
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.infer", "--ensemble"],
+        cwd=p.root,
+        env=p.env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    help_out, _ = help_run.communicate(timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    # the submission matches the sample row for row and decodes inside every image
+    comp = Path(p.data.root)
+    sub = p.root / "submissions" / "submission.csv"
+    classes = read_json(p.layout.classes_json)
+    shapes = shapes_from_coco(comp / "test.json")
+    assert validate_submission(sub, comp / "sample_submission.csv", shapes, PER_CLASS, classes) == []
+    assert len(read_submission_csv(sub)) == len(shapes) * (NUM_CLASSES - 1)
+
+    # metrics/infer.json: every TTA candidate tried on OOF with its score, the chosen set, OOF and LB scores
+    report = read_json(p.layout.infer_json)
+    entry = report["per_model"][p.model]
+    candidates = entry["tta_candidates"]
+    assert [c.get("added") for c in candidates] == [None, "hflip", "scale 1.25"]
+    assert all(0 <= c["oof_mIoU"] <= 1 and isinstance(c["kept"], bool) for c in candidates)
+    kept = [c for c in candidates if c["kept"]]
+    assert entry["tta"] == kept[-1]["tta"]  # the greedy search ends on its last kept step
+    best_kept = max(c["oof_mIoU"] for c in kept)
+    assert all(c["oof_mIoU"] <= best_kept for c in candidates)
+    # entry's OOF mIoU scores float16 copies of the chosen set's probabilities: near ties may flip
+    assert entry["oof_mIoU"] == pytest.approx(kept[-1]["oof_mIoU"], abs=5e-3)
+    assert report["weights"] == {p.model: 1.0}
+    assert report["oof_mIoU"] == pytest.approx(entry["oof_mIoU"], abs=1e-9)  # one model config: no weighting
+    assert report["test_images"] == len(shapes)
+    lb = read_json(p.layout.leaderboard_json)
+    assert 0 <= lb["mIoU"] <= 1 and report["leaderboard"]["mIoU"] == lb["mIoU"]
+
+    # one ledger row for the run, with its CV and local-LB scores
+    ledger = pd.read_csv(p.layout.ledger, dtype=str, keep_default_na=False)
+    assert list(ledger.columns) == LEDGER_COLUMNS and len(ledger) == ledger_rows + 1
+    row = ledger.iloc[-1]
+    assert row["file"] == "submissions/submission.csv" and row["models"] == p.model and row["folds"] == "0 1"
+    assert float(row["oof_miou"]) == pytest.approx(report["oof_mIoU"])
+    assert float(row["lb_miou"]) == pytest.approx(lb["mIoU"])
+    assert row["tta"] == f"{p.model}: {entry['tta']}" and row["public_score"] == ""
+    first = [Path(im["file_name"]).stem for im in read_json(comp / "test.json")["images"][: p.params.infer.overlays]]
+    assert all((p.layout.reports_dir / "overlays" / f"{stem}.png").is_file() for stem in first)
+
+    assert help_run.returncode == 0, help_out
+    assert "--ensemble" in help_out and "ledger" in help_out
+
+
+def test_tta_none_on_a_folder_of_images(trained: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = trained
+    images = sorted((Path(p.data.root) / "images").glob("test_*.png"))[:3]
+    folder = tmp_path / "new"
+    for i, src in enumerate(images):  # one in a sub-folder: names are relative to the folder
+        dest = folder / ("sub" if i == 0 else "") / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest)
+    out, report_path = tmp_path / "new.csv", tmp_path / "report.json"
+    monkeypatch.chdir(p.root)  # the CLI's layout is the working directory's
+    assert (
+        infer.main(
+            ["--ensemble", "--tta", "none", "--images", str(folder), "--output", str(out), "--report", str(report_path)]
+        )
+        == 0
+    )
+
+    report = read_json(report_path)
+    assert report["per_model"][p.model]["tta"] == "none" and "tta_candidates" not in report["per_model"][p.model]
+    assert "leaderboard" not in report  # no truth for new images
+    # no sample: one row per (image, foreground class), images numbered 1..N in sorted path order
+    classes = read_json(p.layout.classes_json)
+    shapes = {str(i): (64, 84) for i in (1, 2, 3)}
+    assert validate_submission(out, None, shapes, PER_CLASS, classes) == []
+    sub = read_submission_csv(out)
+    assert list(sub.columns) == ["id", "class", "predicted"] and len(sub) == 3 * (NUM_CLASSES - 1)
+    assert sorted(sub.groupby("id").size().tolist()) == [NUM_CLASSES - 1] * 3
+
+    # the predictions are the argmax of the two fold models' mean probabilities (no TTA)
+    runs = dict(zip(zip(sub["id"], sub["class"]), sub["predicted"]))  # (id, class) -> RLE text
+    order = sorted(folder.rglob("*.png"))  # test_set's order: sorted paths
+    for image_id, path in enumerate(order, start=1):
+        probs = np.mean([fold_probs(p, f, path) for f in p.params.train.folds], axis=0)
+        expected = probs.argmax(0)
+        got = np.zeros((64, 84), np.int64)
+        for c in classes[1:]:
+            got[rle.decode(str(runs[(str(image_id), c["name"])]), (64, 84), PER_CLASS.rle)] = c["index"]
+        assert (got != expected).mean() < 1e-3, f"{path.name}: submission differs from the fold models' mean"
+    ledger = pd.read_csv(p.layout.ledger, dtype=str, keep_default_na=False)
+    assert ledger["file"].iloc[-1] == str(out) and ledger["tta"].iloc[-1] == f"{p.model}: none"
+
+
+@pytest.fixture(scope="module")
+def pseudo(trained: Project) -> dict[str, Any]:
+    """Pseudo-labels of round 1, leak-free (one set per fold) and full (one shared set).
+
+    The threshold is the median top-class probability of the barely trained fold models on a test image, so that
+    some pixels fall on each side of it.
+    """
+    p = trained
+    image = Path(p.data.root) / "images" / read_json(Path(p.data.root) / "test.json")["images"][0]["file_name"]
+    threshold = float(np.median([fold_probs(p, f, image).max(0) for f in p.params.train.folds]))
+    leak_free = dataclasses.replace(p.params, pseudo=dataclasses.replace(p.params.pseudo, threshold=threshold))
+    full = dataclasses.replace(leak_free, pseudo=dataclasses.replace(leak_free.pseudo, source="full"))
+    return {
+        "leak_free": make_pseudo_labels(leak_free, p.layout),
+        "full": make_pseudo_labels(full, p.layout),
+        "leak_free_params": leak_free,
+        "full_params": full,
+    }
+
+
+def test_leak_free_pseudo_labels_one_set_per_fold(trained: Project, pseudo: dict[str, Any]) -> None:
+    p, threshold = trained, pseudo["leak_free_params"].pseudo.threshold
+    assert set(pseudo["leak_free"]["sets"]) == {"0", "1"}
+    tests = read_json(Path(p.data.root) / "test.json")["images"]
+    masks = {}
+    for fold in p.params.train.folds:
+        d = p.layout.pseudo_dir(1, fold)
+        index = pd.read_csv(d / "index.csv")
+        assert len(index) == len(tests)  # min_confident 0 keeps every image
+        summary = read_json(d / "summary.json")
+        assert summary["set"] == str(fold) and summary["folds"] == [fold] and summary["kept_images"] == len(tests)
+        for row in index.itertuples():
+            mask = read_mask(d / row.mask)
+            # set k comes from fold k's model alone: 255 exactly where its top probability is under the threshold
+            probs = fold_probs(p, fold, Path(p.data.root) / "images" / row.file_name)
+            top, label = probs.max(0), probs.argmax(0)
+            clear = np.abs(top - threshold) > 1e-4  # leave out pixels whose side of the threshold is a rounding
+            assert np.array_equal((mask == 255)[clear], (top < threshold)[clear])
+            sure = clear & (top >= threshold)
+            assert np.array_equal(mask[sure], label[sure])
+            assert row.confident == pytest.approx((mask != 255).mean(), abs=2e-4)
+            masks[(fold, row.image_id)] = mask
+        assert 0 < np.mean([(m == 255).mean() for (f, _), m in masks.items() if f == fold]) < 1, "threshold unused"
+    assert any(not np.array_equal(masks[(0, i)], masks[(1, i)]) for i in {k[1] for k in masks}), "sets identical"
+
+
+def test_full_pseudo_labels_and_round2_pairs(trained: Project, pseudo: dict[str, Any]) -> None:
+    p = trained
+    assert set(pseudo["full"]["sets"]) == {"all"}
+    d_all = p.layout.pseudo_dir(1, "all")
+    summary = read_json(d_all / "summary.json")
+    assert summary["set"] == "all" and summary["folds"] == [0, 1]
+    assert len(pd.read_csv(d_all / "index.csv")) == summary["kept_images"] == summary["test_images"]
+
+    images_root = (Path(p.data.root) / "images").resolve()
+    for fold in p.params.train.folds:
+        pairs = pseudo_pairs(pseudo["leak_free_params"], p.layout, fold)  # leak_free: fold k's own set only
+        assert len(pairs) == summary["test_images"]
+        assert {m.parent for _, m in pairs} == {p.layout.pseudo_dir(1, fold)}
+        assert all(m.is_file() and i.parent == images_root and i.is_file() for i, m in pairs)
+        shared = pseudo_pairs(pseudo["full_params"], p.layout, fold)
+        assert {m.parent for _, m in shared} == {d_all}
