@@ -8,12 +8,14 @@ visible on top; ties by annotation id). ``iscrowd`` regions are painted in the s
 the ignore value 255.
 
 Validation happens in :func:`load_coco`: every problem names the file and the entry. With ``on_error="fail"`` the
-first problem stops the run; with ``"skip"`` the offending annotation (or image) is dropped and counted.
+first problem stops the run; with ``"skip"`` the offending annotation (or image) is dropped and counted. An image
+id that appears twice is ambiguous: every image with it is dropped, and so are its annotations.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -93,20 +95,30 @@ def load_coco(
     by_coco_id = {c.coco_id: c for c in categories}
 
     images: dict[int, CocoImage] = {}
+    duplicated: set[int] = set()
     for i, im in enumerate(data["images"]):
         entry = f"images[{i}]" + (f" (id {im.get('id')!r})" if isinstance(im, dict) else "")
         if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "height", "width")):
             problem(entry, "an image needs id, file_name, height and width", "bad image entry")
             continue
         if not (_is_int(im["height"]) and _is_int(im["width"]) and im["height"] > 0 and im["width"] > 0):
-            problem(entry, f"height and width must be positive integers, got {im['height']!r}x{im['width']!r}",
-                    "bad image entry")
+            problem(
+                entry,
+                f"height and width must be positive integers, got {im['height']!r}x{im['width']!r}",
+                "bad image entry",
+            )
             continue
         if not _is_int(im["id"]):
             problem(entry, f"id must be an integer, got {im['id']!r}", "bad image entry")
             continue
-        if im["id"] in images:
+        if im["id"] in images or im["id"] in duplicated:
+            # Which entry would the id's annotations belong to? Unknowable: in skip mode every entry with the id
+            # is dropped, and its annotations with it, rather than painting them on the wrong image.
             problem(entry, f"duplicate image id {im['id']}", "duplicate image id")
+            if im["id"] in images:
+                del images[im["id"]]
+                problem.counts["duplicate image id"] += 1
+            duplicated.add(im["id"])
             continue
         if not isinstance(im["file_name"], str) or not im["file_name"]:
             problem(entry, "file_name must be a non-empty string", "bad image entry")
@@ -118,11 +130,15 @@ def load_coco(
         if not isinstance(ann, dict):
             problem(entry, "expected an object", "bad annotation")
             continue
-        image = images.get(ann.get("image_id"))  # type: ignore[arg-type]
+        image_id, category_id = ann.get("image_id"), ann.get("category_id")
+        if _is_int(image_id) and image_id in duplicated:
+            problem(entry, f"image_id {image_id} is duplicated in images", "annotation of a duplicate image id")
+            continue
+        image = images.get(image_id) if _is_int(image_id) else None  # an unhashable id must not crash
         if image is None:
             problem(entry, f"unknown image_id {ann.get('image_id')!r}", "unknown image id")
             continue
-        if ann.get("category_id") not in by_coco_id:
+        if not _is_int(category_id) or category_id not in by_coco_id:
             problem(entry, f"unknown category_id {ann.get('category_id')!r}", "unknown category id")
             continue
         reason = check_segmentation(ann.get("segmentation"), image.height, image.width)
@@ -135,6 +151,10 @@ def load_coco(
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _load_categories(path: Path, raw: list[Any]) -> list[Category]:
@@ -161,8 +181,8 @@ def check_segmentation(seg: Any, height: int, width: int) -> str | None:
         if not seg:
             return "empty polygon list"
         for j, poly in enumerate(seg):
-            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
-                return f"polygon {j} is not a list of numbers"
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                return f"polygon {j} is not a list of finite numbers"
             if len(poly) % 2:
                 return f"polygon {j} has an odd number of coordinates ({len(poly)})"
             if len(poly) < 6:
@@ -181,13 +201,45 @@ def check_segmentation(seg: Any, height: int, width: int) -> str | None:
                 return f"uncompressed RLE counts sum to {sum(counts)}, not {height}x{width}={height * width}"
             return None
         if isinstance(counts, str):
-            try:
-                n = int(mask_utils.area({"size": size, "counts": counts.encode("ascii")}))
-            except Exception as e:  # pycocotools raises bare exceptions for corrupt strings
-                return f"compressed RLE does not decode ({e})"
-            return None if n <= height * width else "compressed RLE covers more pixels than the image"
+            # pycocotools decodes without bounds checks: runs that sum to less than H*W leave the rest of the
+            # mask uninitialised memory, and more overrun it. So the runs are checked here, before decoding.
+            runs = rle_string_counts(counts)
+            if runs is None:
+                return "compressed RLE counts is not a valid COCO RLE string"
+            if any(r < 0 or r >= 2**32 for r in runs):
+                return "compressed RLE has a negative or too large run length"
+            if sum(runs) != height * width:
+                return f"compressed RLE runs sum to {sum(runs)}, not {height}x{width}={height * width}"
+            return None
         return "RLE counts must be a list (uncompressed) or a string (compressed)"
     return "segmentation must be a list of polygons or an RLE object"
+
+
+def rle_string_counts(counts: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), or None when malformed.
+
+    Each run is a little-endian sequence of 5-bit groups, stored as ``chr(48 + group)`` with bit 0x20 meaning "more
+    groups follow" and bit 0x10 of the last group the sign; from the fourth run on, the value is a difference to
+    the run two places back.
+    """
+    runs: list[int] = []
+    x = k = 0
+    more = False
+    for ch in counts:
+        c = ord(ch) - 48
+        if not 0 <= c < 64 or k >= 7:  # outside the alphabet, or longer than a 32-bit run needs
+            return None
+        x |= (c & 0x1F) << (5 * k)
+        more = bool(c & 0x20)
+        k += 1
+        if not more:
+            if c & 0x10:
+                x |= -1 << (5 * k)
+            if len(runs) > 2:
+                x += runs[-2]
+            runs.append(x)
+            x = k = 0
+    return None if more else runs
 
 
 def ann_to_mask(seg: Any, height: int, width: int) -> np.ndarray:
@@ -197,8 +249,10 @@ def ann_to_mask(seg: Any, height: int, width: int) -> np.ndarray:
     elif isinstance(seg["counts"], list):
         rle = mask_utils.frPyObjects(seg, height, width)
     else:
-        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str)
-               else seg["counts"]}
+        rle = {
+            "size": seg["size"],
+            "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"],
+        }
     return mask_utils.decode(rle)
 
 

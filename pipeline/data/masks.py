@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +48,22 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
         jobs = [(im, categories, params.overlap, params.crowd, images_root, json_path, out_dir) for im in coco.images]
         by_id = {im.id: im for im in coco.images}
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-        with ctx.Pool(max(1, params.workers)) as pool:
-            results = pool.imap_unordered(_paint_one, jobs, chunksize=32)
-            for image_id, hist, err in tqdm(results, total=len(jobs), desc="masks", unit="img", mininterval=1.0):
-                if err is not None:
-                    if data.on_error == "fail":
-                        pool.terminate()
-                        raise UserError(err + " (set data.on_error: skip to skip such images)")
-                    skipped["bad image file"] = skipped.get("bad image file", 0) + 1
-                    continue
-                counts[image_id] = hist
-                kept.append(by_id[image_id])
+        # A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (out of memory, a crash in native
+        # code) the Pool silently waits forever for its lost task, the executor raises BrokenProcessPool.
+        with ProcessPoolExecutor(max(1, params.workers), mp_context=ctx) as pool:
+            results = pool.map(_paint_one, jobs, chunksize=32)
+            try:
+                for image_id, hist, err in tqdm(results, total=len(jobs), desc="masks", unit="img", mininterval=1.0):
+                    if err is not None:
+                        if data.on_error == "fail":
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            raise UserError(err + " (set data.on_error: skip to skip such images)")
+                        skipped["bad image file"] = skipped.get("bad image file", 0) + 1
+                        continue
+                    counts[image_id] = hist
+                    kept.append(by_id[image_id])
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"a masks worker died (out of memory? try masks.workers: 1): {e}") from e
     if not kept:
         raise UserError(f"{json_path}: no usable train images")
     kept.sort(key=lambda im: im.id)
@@ -77,8 +84,12 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
         "skipped": skipped,
         "ignored_pixels": int(total[255]),
         "classes": [
-            {"index": c["index"], "name": c["name"], "pixels": int(total[c["index"]]),
-             "images": int(presence[c["index"]])}
+            {
+                "index": c["index"],
+                "name": c["name"],
+                "pixels": int(total[c["index"]]),
+                "images": int(presence[c["index"]]),
+            }
             for c in classes
         ],
     }
