@@ -25,16 +25,31 @@ def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
     shutil.copy2(REPO / "profiles" / "fast.yaml", root / "params.yaml")
     run(root, "git", "init", "-q")
     out = run(root, "dvc", "repro").stdout
-    for stage in ("demo", "masks", "folds", "train@cnn_default-0", "pseudo", "train_r2@cnn_default-1", "infer",
-                  "report"):
+    for stage in (
+        "demo",
+        "masks",
+        "folds",
+        "train@cnn_default-0",
+        "pseudo",
+        "train_r2@cnn_default-1",
+        "infer",
+        "report",
+    ):
         assert f"Running stage '{stage}'" in out, stage
 
     comp = root / "data" / "competition"
     sub = root / "submissions" / "submission.csv"
     df = read_submission_csv(sub)
     classes = json.loads((root / "work" / "classes.json").read_text())
-    assert validate_submission(df, comp / "sample_submission.csv", shapes_from_coco(comp / "test.json"),
-                               classes=[(c["index"], c["name"]) for c in classes]) == []
+    assert (
+        validate_submission(
+            df,
+            comp / "sample_submission.csv",
+            shapes_from_coco(comp / "test.json"),
+            classes=[(c["index"], c["name"]) for c in classes],
+        )
+        == []
+    )
     infer = json.loads((root / "metrics" / "infer.json").read_text())
     assert infer["round"] == 2 and 0.0 <= infer["leaderboard"]["mIoU"] <= 1.0
     assert (root / "work" / "r1" / "pseudo" / "fold0" / "index.csv").is_file()
