@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -529,6 +530,16 @@ def test_a_dying_worker_raises_instead_of_hanging(tmp_path: Path, monkeypatch: p
     json_path, _ = base_competition(tmp_path / "comp")
     monkeypatch.setattr(pipeline.data.masks, "_paint_one", _die)
     layout = Layout(tmp_path / "proj")
-    with pytest.raises(RuntimeError, match="worker died"):
-        run_masks(json_path.parent, layout.root)
+
+    def hung(signum: int, frame: Any) -> None:
+        raise TimeoutError("build_masks hung on a dead worker")
+
+    old = signal.signal(signal.SIGALRM, hung)  # a regression must fail, not hang the test run
+    signal.alarm(60)
+    try:
+        with pytest.raises(RuntimeError, match="worker died"):
+            run_masks(json_path.parent, layout.root)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     assert_nothing_written(layout)

@@ -152,10 +152,9 @@ def test_py_deps_equal_the_import_closure(name: str) -> None:
         closure |= import_closure(entry)
     deps = {d for d in stage_body(stage).get("deps", []) if isinstance(d, str) and d.endswith(".py")}
     missing, extra = sorted(closure - deps), sorted(deps - closure)
-    assert not missing and not extra, (
-        f"dvc.yaml stage {name!r}: add to deps {missing} (imported, so editing them must re-run the stage); "
-        f"remove from deps {extra} (not imported)"
-    )
+    fixes = [f"add to deps {missing} (imported: editing them must re-run the stage)"] if missing else []
+    fixes += [f"remove from deps {extra} (not imported)"] if extra else []
+    assert not fixes, f"dvc.yaml stage {name!r}: " + "; ".join(fixes)
 
 
 def test_the_closure_follows_what_it_should() -> None:
