@@ -196,6 +196,8 @@ class PseudoParams:
     min_confident: float = 0.8  # drop an image whose confident-pixel share is below this
     source: Literal["leak_free", "full"] = "leak_free"  # leak_free: round-2 fold k learns from fold-k models only
     init_from_previous: bool = False  # round 2 starts from the round-1 fold weights
+    epochs: int | None = None  # epochs of rounds 2+; null: the same as round 1
+    lr_scale: float = 1.0  # rounds 2+ train at recipe.lr x this (e.g. below 1 when starting from round-1 weights)
     tta: Literal["auto", "config", "none"] = "config"  # TTA of the pseudo-labelling ensemble
 
 
@@ -299,6 +301,7 @@ class ModelConfig:
     encoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to timm.create_model
     encoder_depth: int = 5
     decoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the SMP decoder
+    refine: int = 0  # width of a full-resolution head that sees the input pixels beside the logits (0: none)
     pretrained: str | None = None  # null: from scratch; a local weights file; or "cache": timm's local HF cache
     in_channels: int = 3
     input_size: tuple[int, int] = (64, 96)  # (H, W) the model sees; images are resized/padded to it

@@ -108,6 +108,49 @@ def pseudo_pairs(params: Params, layout: Layout, fold: int, round_: int = 1) -> 
     return [(safe_join(root, f), d / m) for f, m in zip(df["file_name"], df["mask"])]
 
 
+def train_round(
+    cfg: ModelConfig, model_name: str, fold: int, layout: Layout, params: Params, round_: int = 1
+) -> dict[str, Any] | None:
+    """Train one (model, fold) of round ``round_``: round 1 on the labelled images; round r > 1 also on round r-1's
+    pseudo-labelled test images, with ``pseudo.epochs`` and ``recipe.lr x pseudo.lr_scale``, from round r-1's
+    weights when ``pseudo.init_from_previous``.
+
+    Returns:
+        The run's metrics, or ``None`` when ``pseudo.rounds`` has no round ``round_`` (a ``skipped.txt`` says so,
+        so the DVC stage still has its output).
+    """
+    if round_ < 1:
+        raise UserError(f"round must be 1 or more, got {round_}")
+    if round_ == 1:
+        return train_fold(cfg, model_name, fold, layout, params.data, params.train)
+    ps = params.pseudo
+    if ps.rounds < round_ - 1:
+        write_text(
+            layout.model_dir(model_name, fold, round_) / "skipped.txt",
+            f"pseudo.rounds is {ps.rounds}: no round {round_}\n",
+        )
+        print(f"round {round_} skipped (pseudo.rounds: {ps.rounds})")
+        return None
+    recipe = cfg.recipe
+    if ps.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=ps.epochs)
+    if ps.lr_scale != 1.0:
+        recipe = dataclasses.replace(recipe, lr=recipe.lr * ps.lr_scale)
+    train = params.train if ps.epochs is None else dataclasses.replace(params.train, epochs=None)
+    init = layout.checkpoint(model_name, fold, round_ - 1) if ps.init_from_previous else None
+    return train_fold(
+        dataclasses.replace(cfg, recipe=recipe),
+        model_name,
+        fold,
+        layout,
+        params.data,
+        train,
+        round_=round_,
+        extra=pseudo_pairs(params, layout, fold, round_ - 1),
+        init_weights=init,
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device is cuda but no CUDA device is available (use auto or cpu)")

@@ -116,6 +116,36 @@ class PadCropWrapper(nn.Module):
         return self.net(x)[..., :h, :w]
 
 
+class RefineHead(nn.Module):
+    """A full-resolution refinement of a network's logits that sees the input pixels.
+
+    Decoders end at stride 2 or 4 and upsample, so a class edge that lies between two input pixels is a guess made
+    from coarse features (thin structures suffer most: on the embedded default about 5 % of digit pixels were
+    predicted as background). This head concatenates the logits with the (normalised) input and adds a residual
+    from two 3x3 convolutions at full resolution: ``logits + conv(relu(bn(conv(cat(logits, x)))))``. The last
+    convolution starts at zero, so at initialisation the head is the identity.
+    """
+
+    def __init__(self, net: nn.Module, in_channels: int, num_classes: int, width: int) -> None:
+        super().__init__()
+        self.net = net
+        self.head = nn.Sequential(
+            nn.Conv2d(num_classes + in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, 1),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        return logits + self.head(torch.cat([logits, x.to(logits.dtype)], dim=1))
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
     """Build the segmentation model ``cfg`` describes, with ``num_classes`` output channels.
 
@@ -136,6 +166,10 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
     except KeyError:
         raise UserError(f"adapter: unknown {cfg.adapter!r}; valid adapters: {', '.join(list_adapters())}") from None
     net, stride = adapter(cfg, num_classes)
+    if cfg.refine < 0:
+        raise UserError(f"refine: must be 0 (no refinement head) or a channel count, got {cfg.refine}")
+    if cfg.refine:
+        net = RefineHead(net, cfg.in_channels, num_classes, cfg.refine)
     fixed = _fixed_input_size(net)
     if fixed is not None and (fixed[0] % stride or fixed[1] % stride):
         rounded = [-(-v // stride) * stride for v in fixed]

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from pipeline import infer, rle
-from pipeline.config import ModelConfig, from_dict
+from pipeline.config import ModelConfig, from_dict, read_yaml
 from pipeline.data.dataset import normalize
 from pipeline.io import read_image, read_json, read_mask
 from pipeline.models.registry import build_model
 from pipeline.pseudo import make_pseudo_labels
 from pipeline.submission import LEDGER_COLUMNS, PER_CLASS, read_submission_csv, shapes_from_coco, validate_submission
-from pipeline.train import pseudo_pairs
+from pipeline.train import pseudo_pairs, train_round
 
 if TYPE_CHECKING:
     from e2e.conftest import Project  # tests/ is on sys.path (tests/conftest.py); annotations only
@@ -216,3 +216,23 @@ def test_full_pseudo_labels_and_round2_pairs(trained: Project, pseudo: dict[str,
         assert all(m.is_file() and i.parent == images_root and i.is_file() for i, m in pairs)
         shared = pseudo_pairs(pseudo["full_params"], p.layout, fold)
         assert {m.parent for _, m in shared} == {d_all}
+
+
+def test_round2_trains_on_pseudo_labels_with_its_own_epochs_lr_and_init(
+    trained: Project, pseudo: dict[str, Any]
+) -> None:
+    p, fold = trained, 0
+    params = pseudo["leak_free_params"]
+    params = dataclasses.replace(
+        params, pseudo=dataclasses.replace(params.pseudo, epochs=1, lr_scale=0.5, init_from_previous=True)
+    )
+    metrics = train_round(p.cfg, p.model, fold, p.layout, params, round_=2)
+    assert metrics is not None and metrics["epochs"] == 1  # pseudo.epochs, not the recipe's
+    saved = read_yaml(p.layout.model_dir(p.model, fold, 2) / "config.yaml")
+    assert saved["recipe"]["epochs"] == 1 and saved["recipe"]["lr"] == pytest.approx(p.cfg.recipe.lr * 0.5)
+    # the pseudo-labelled test images join the training side: more steps per epoch than round 1
+    r1, r2 = (pd.read_csv(p.layout.curve_path(p.model, fold, r)) for r in (1, 2))
+    assert len(pseudo_pairs(params, p.layout, fold)) > 0 and r2["step"].iloc[0] > r1["step"].iloc[0]
+    # no round 3 when pseudo.rounds is 1: the stage leaves a note instead of a model
+    assert train_round(p.cfg, p.model, fold, p.layout, params, round_=3) is None
+    assert (p.layout.model_dir(p.model, fold, 3) / "skipped.txt").is_file()

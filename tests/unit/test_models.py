@@ -203,6 +203,28 @@ def test_bad_kwargs_are_user_errors(change: dict, message: str) -> None:
         build_model(cfg, NUM_CLASSES)
 
 
+def test_refine_head_starts_as_the_identity_and_learns_from_pixels() -> None:
+    plain = build_model(CNN, NUM_CLASSES).eval()
+    torch.manual_seed(0)
+    refined = build_model(dataclasses.replace(CNN, refine=8), NUM_CLASSES).eval()
+    assert isinstance(refined.net, registry.RefineHead)
+    refined.net.net.load_state_dict(plain.net.state_dict())
+    x = torch.randn(2, 3, H, W)
+    with torch.no_grad():
+        assert torch.allclose(refined(x), plain(x))  # zero-initialised last conv: the head adds nothing yet
+    refined.train()
+    loss = refined(x).logsumexp(1).mean()
+    loss.backward()
+    first = refined.net.head[0].weight.grad
+    assert first is not None and first[:, NUM_CLASSES:].abs().sum() == 0  # zero last conv: no signal through yet
+    assert refined.net.head[-1].weight.grad.abs().sum() > 0  # ... but the last conv learns at once
+
+
+def test_refine_must_not_be_negative() -> None:
+    with pytest.raises(UserError, match="refine: must be 0"):
+        build_model(dataclasses.replace(CNN, refine=-1), NUM_CLASSES)
+
+
 def test_registry_refuses_a_second_registration() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_adapter("smp")(registry.smp_adapter)
