@@ -302,6 +302,7 @@ class ModelConfig:
     encoder_depth: int = 5
     decoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the SMP decoder
     refine: int = 0  # width of a full-resolution head that sees the input pixels beside the logits (0: none)
+    head: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: binary tasks only, one foreground logit (BCE)
     pretrained: str | None = None  # null: from scratch; a local weights file; or "cache": timm's local HF cache
     in_channels: int = 3
     input_size: tuple[int, int] = (64, 96)  # (H, W) the model sees; images are resized/padded to it

@@ -279,8 +279,13 @@ def run_ensemble(
     checkpoints: Sequence[str] = (),
     tta_mode: str | None = None,
     overlays: int | None = None,
+    write_leaderboard: bool = True,
 ) -> dict[str, Any]:
-    """Choose TTA and weights on OOF, predict the test set streaming, write and validate the submission."""
+    """Choose TTA and weights on OOF, predict the test set streaming, write and validate the submission.
+
+    ``write_leaderboard=False`` keeps the local-leaderboard score in the returned report only (side runs such as the
+    ablation must not overwrite the stage's ``metrics/leaderboard.json``).
+    """
     p = params.infer
     if tta_mode is not None:
         p = dataclasses.replace(p, tta=tta_mode)  # type: ignore[arg-type]
@@ -289,7 +294,7 @@ def run_ensemble(
     round_ = p.round if p.round is not None else 1 + _pseudo_rounds(params)
     models = p.models or params.train.models
     if checkpoints:
-        members = [Member(Path(c).parent.parent.parent.name, -1, round_, Path(c)) for c in checkpoints]
+        members = [Member(Path(c).parent.parent.name, -1, round_, Path(c)) for c in checkpoints]
     else:
         members = find_members(layout, models, params.train.folds, round_)
     t0 = time.time()
@@ -398,7 +403,8 @@ def run_ensemble(
 
         lb = score_submission(out, truth_dir, Path(params.data.root) / params.data.test_json, fmt)
         report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
-        write_json(layout.leaderboard_json, lb)
+        if write_leaderboard:
+            write_json(layout.leaderboard_json, lb)
         print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
     append_ledger(
         layout.ledger,

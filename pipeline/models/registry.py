@@ -146,6 +146,23 @@ class RefineHead(nn.Module):
         return logits + self.head(torch.cat([logits, x.to(logits.dtype)], dim=1))
 
 
+class SigmoidAsTwoClass(nn.Module):
+    """A one-logit binary network seen as a two-class one: ``z -> (0, z)``.
+
+    ``softmax((0, z)) = (1 - sigmoid(z), sigmoid(z))`` and cross-entropy on ``(0, z)`` is binary cross-entropy on
+    ``z``, so a sigmoid model trains, ensembles, TTAs and pseudo-labels through the same two-class code as a
+    softmax one, with exactly the sigmoid's probabilities.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.net(x)  # (B, 1, H, W): the foreground logit
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
     """Build the segmentation model ``cfg`` describes, with ``num_classes`` output channels.
 
@@ -165,7 +182,14 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
         adapter = _ADAPTERS[cfg.adapter]
     except KeyError:
         raise UserError(f"adapter: unknown {cfg.adapter!r}; valid adapters: {', '.join(list_adapters())}") from None
-    net, stride = adapter(cfg, num_classes)
+    if cfg.head == "sigmoid" and num_classes != 2:
+        raise UserError(
+            f"head: sigmoid is for binary tasks (background + one class), but this competition has {num_classes} "
+            "classes; use head: softmax"
+        )
+    net, stride = adapter(cfg, 1 if cfg.head == "sigmoid" else num_classes)
+    if cfg.head == "sigmoid":
+        net = SigmoidAsTwoClass(net)
     if cfg.refine < 0:
         raise UserError(f"refine: must be 0 (no refinement head) or a channel count, got {cfg.refine}")
     if cfg.refine:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pipeline import infer, rle
+from pipeline.ablation import ablation_markdown, best_fold, run_ablation
 from pipeline.config import ModelConfig, from_dict, read_yaml
 from pipeline.data.dataset import normalize
 from pipeline.io import read_image, read_json, read_mask
@@ -236,3 +237,26 @@ def test_round2_trains_on_pseudo_labels_with_its_own_epochs_lr_and_init(
     # no round 3 when pseudo.rounds is 1: the stage leaves a note instead of a model
     assert train_round(p.cfg, p.model, fold, p.layout, params, round_=3) is None
     assert (p.layout.model_dir(p.model, fold, 3) / "skipped.txt").is_file()
+
+
+def test_ablation_scores_each_step_as_a_real_submission(trained: Project) -> None:
+    p = trained
+    params = dataclasses.replace(p.params, pseudo=dataclasses.replace(p.params.pseudo, rounds=0))
+    rows = run_ablation(params, p.layout, extra_models=["tiny_second"])
+    assert [r["row"] for r in rows] == ["single", "folds", "tta", "multi"]
+    # the second model was trained here (round 1, both folds) for the multi-model row
+    assert all(p.layout.oof_path("tiny_second", f).is_file() for f in params.train.folds)
+    fold, val = best_fold(p.layout, p.model, params.train.folds)
+    assert val == max(read_json(p.layout.model_dir(p.model, f) / "metrics.json")["val_mIoU"] for f in (0, 1))
+    assert f"fold {fold}" in rows[0]["what"] and rows[0]["oof_mIoU"] is None  # one checkpoint: no OOF
+    assert rows[1]["tta"] == f"{p.model}: none" and rows[1]["weights"] == {p.model: 1.0}
+    assert set(rows[3]["weights"]) == {p.model, "tiny_second"}
+    assert sum(rows[3]["weights"].values()) == pytest.approx(1.0)
+    comp = Path(p.data.root)
+    shapes, classes = shapes_from_coco(comp / "test.json"), read_json(p.layout.classes_json)
+    for r in rows:
+        sub = p.layout.submissions_dir / "ablation" / f"{r['row']}.csv"
+        assert validate_submission(sub, comp / "sample_submission.csv", shapes, PER_CLASS, classes) == []
+        assert 0 <= r["lb_mIoU"] <= 1 and 0 <= r["lb_mBIoU"] <= 1
+    table = ablation_markdown(rows)
+    assert table.count("\n") == 2 + len(rows) and f"{rows[1]['lb_mIoU'] - rows[0]['lb_mIoU']:+.4f}" in table

@@ -220,6 +220,27 @@ def test_refine_head_starts_as_the_identity_and_learns_from_pixels() -> None:
     assert refined.net.head[-1].weight.grad.abs().sum() > 0  # ... but the last conv learns at once
 
 
+def test_sigmoid_head_is_a_two_class_softmax_with_the_sigmoid_probabilities() -> None:
+    model = build_model(dataclasses.replace(CNN, head="sigmoid"), 2)
+    assert isinstance(model.net, registry.SigmoidAsTwoClass)
+    x = torch.randn(2, 3, H, W)
+    out = model(x)
+    assert out.shape == (2, 2, H, W) and torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
+    z = out[:, 1]
+    assert torch.allclose(out.softmax(1)[:, 1], torch.sigmoid(z), atol=1e-6)
+    target = (torch.rand(2, H, W) > 0.5).long()
+    ce = F.cross_entropy(out, target)
+    bce = F.binary_cross_entropy_with_logits(z, target.float())
+    assert torch.allclose(ce, bce, atol=1e-6)  # cross-entropy on (0, z) is BCE on z
+    ce.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_sigmoid_head_needs_a_binary_task() -> None:
+    with pytest.raises(UserError, match="head: sigmoid is for binary tasks.*11 classes"):
+        build_model(dataclasses.replace(CNN, head="sigmoid"), NUM_CLASSES)
+
+
 def test_refine_must_not_be_negative() -> None:
     with pytest.raises(UserError, match="refine: must be 0"):
         build_model(dataclasses.replace(CNN, refine=-1), NUM_CLASSES)

@@ -1,0 +1,169 @@
+"""The ablation a competitor asks for: how much each step of the loop adds on the local leaderboard.
+
+From one finished run (``dvc repro``), each row is a real submission, written, validated and scored like the
+final one (``submissions/ablation/<row>.csv``):
+
+1. best single fold model: the round-1 fold whose own validation mIoU is highest (chosen without test truth), no TTA;
+2. fold ensemble: every round-1 fold of the first model, no TTA;
+3. + TTA: the same, with the TTA set chosen on out-of-fold predictions;
+4. + multi-model: round-1 folds of every model given (weights fitted on OOF), TTA chosen on OOF;
+5. + pseudo-label round: the final ensemble (round 1 + ``pseudo.rounds``), as ``dvc repro`` makes it.
+
+Nothing here is tuned on the test truth: every choice (the fold, the TTA set, the weights) is made on OOF, and the
+truth only scores the result. Models of row 4 that are not trained yet are trained here (round 1, every fold).
+
+Use: ``python -m pipeline.ablation --extra-model cnn_fpn`` after ``dvc repro``; writes ``reports/ablation.md`` and
+``metrics/ablation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.config import Params, load_model_config, load_params
+from pipeline.errors import UserError, run_cli
+from pipeline.infer import run_ensemble
+from pipeline.io import read_json, write_json, write_text
+from pipeline.paths import Layout
+from pipeline.train import train_round
+
+
+def best_fold(layout: Layout, model: str, folds: Sequence[int], round_: int = 1) -> tuple[int, float]:
+    """The fold whose model scored best on its own validation images (its ``metrics.json``): no test truth."""
+    scores = {}
+    for f in folds:
+        path = layout.model_dir(model, f, round_) / "metrics.json"
+        if not path.is_file():
+            raise UserError(f"{path}: missing; train {model} fold {f} round {round_} first (dvc repro)")
+        scores[f] = float(read_json(path)["val_mIoU"])
+    fold = max(scores, key=scores.__getitem__)
+    return fold, scores[fold]
+
+
+def ensure_trained(params: Params, layout: Layout, model: str) -> list[int]:
+    """Train round 1 of ``model`` on every fold that has no checkpoint yet; return the folds trained here."""
+    cfg = load_model_config(layout.model_config(model))
+    done = []
+    for f in params.train.folds:
+        if not layout.checkpoint(model, f, 1).is_file() or not layout.oof_path(model, f, 1).is_file():
+            train_round(cfg, model, f, layout, params, 1)
+            done.append(f)
+    return done
+
+
+def _with(params: Params, **infer: Any) -> Params:
+    return dataclasses.replace(params, infer=dataclasses.replace(params.infer, **infer))
+
+
+def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Write and score one submission per row (see the module docstring); return the rows."""
+    models = list(params.infer.models or params.train.models)
+    first = models[0]
+    multi = list(dict.fromkeys([*models, *extra_models]))
+    for m in multi[1:]:
+        ensure_trained(params, layout, m)
+    final_round = 1 + params.pseudo.rounds
+    out_dir = layout.submissions_dir / "ablation"
+
+    fold, val = best_fold(layout, first, params.train.folds)
+    rows: list[tuple[str, str, Params, dict[str, Any]]] = [
+        (
+            "single",
+            f"best single fold model ({first} fold {fold}, val mIoU {val:.4f}), no TTA",
+            _with(params, models=[first], round=1, tta="none"),
+            {"checkpoints": [str(layout.checkpoint(first, fold, 1))]},
+        ),
+        (
+            "folds",
+            f"fold ensemble ({first}, {len(params.train.folds)} folds), no TTA",
+            _with(params, models=[first], round=1, tta="none"),
+            {},
+        ),
+        ("tta", "+ TTA chosen on OOF", _with(params, models=[first], round=1, tta="auto"), {}),
+    ]
+    if len(multi) > 1:
+        rows.append(
+            (
+                "multi",
+                f"+ multi-model ({' + '.join(multi)}, weights fitted on OOF)",
+                _with(params, models=multi, round=1, tta="auto"),
+                {},
+            )
+        )
+    if params.pseudo.rounds:
+        rows.append(
+            (
+                "pseudo",
+                f"+ pseudo-label round ({' + '.join(models)}, round {final_round}: the `dvc repro` submission)",
+                _with(params, round=final_round),
+                {},
+            )
+        )
+
+    results = []
+    for key, label, p, extra in rows:
+        t0 = time.time()
+        print(f"--- ablation: {label}")
+        report = run_ensemble(
+            p, layout, output=str(out_dir / f"{key}.csv"), overlays=0, write_leaderboard=False, **extra
+        )
+        lb = report.get("leaderboard")
+        if lb is None:
+            raise UserError(f"{params.data.truth_dir}: no test truth, so there is no local leaderboard to ablate on")
+        results.append(
+            {
+                "row": key,
+                "what": label,
+                "lb_mIoU": lb["mIoU"],
+                "lb_mBIoU": lb["mBIoU"],
+                "oof_mIoU": report.get("oof_mIoU"),
+                "tta": "; ".join(f"{n}: {e['tta']}" for n, e in report["per_model"].items()),
+                "weights": report["weights"],
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+    return results
+
+
+def ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The README/report table: LB mIoU per row and its gain over the row above."""
+    lines = [
+        "| step | local LB mIoU | gain | LB mBIoU | OOF mIoU | TTA |",
+        "|---|---|---|---|---|---|",
+    ]
+    prev = None
+    for r in rows:
+        gain = "" if prev is None else f"{r['lb_mIoU'] - prev:+.4f}"
+        oof = "" if r["oof_mIoU"] is None else f"{r['oof_mIoU']:.4f}"
+        lines.append(f"| {r['what']} | {r['lb_mIoU']:.4f} | {gain} | {r['lb_mBIoU']:.4f} | {oof} | {r['tta']} |")
+        prev = r["lb_mIoU"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml", help="params file of the finished run")
+    ap.add_argument(
+        "--extra-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a second model config for the multi-model row (configs/models/NAME.yaml; trained here if needed)",
+    )
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    layout = Layout()
+    rows = run_ablation(params, layout, args.extra_model)
+    table = ablation_markdown(rows)
+    write_json(layout.metrics_dir / "ablation.json", rows)
+    write_text(layout.reports_dir / "ablation.md", "# Ablation on the local leaderboard\n\n" + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
