@@ -217,6 +217,13 @@ class InferParams:
     tta_select_images: int = 800  # OOF images used to choose the TTA set (0: all)
     batched_tta: bool = True  # augmented copies of one size go through the model as one batch
     batch_size: int = 64
+    # sliding-window inference (pipeline.sliding): each image alone, cut into overlapping tiles that go through the
+    # ensemble tile_batch at a time and are blended back at the image's size (test images, OOF and pseudo-labels)
+    sliding: bool = False  # false: whole images, batch_size at a time (each config's pad or resize policy)
+    tile: tuple[int, int] | None = None  # (H, W) of a tile; null: the model configs' input_size (they must agree)
+    tile_overlap: float = 0.25  # share of the tile that neighbouring tiles overlap by, in [0, 1)
+    tile_blend: Literal["gaussian", "constant"] = "gaussian"  # gaussian: nnU-Net importance map (sigma = tile/8)
+    tile_batch: int = 16  # tiles per model call
     output: str = "submissions/submission.csv"
     overlays: int = 0  # PNG overlays of the first N test predictions (reports/overlays/)
     # pipeline.submission.SubmissionFormat fields (rle: {order, start_index, starts, empty}, layout, id_column,

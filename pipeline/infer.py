@@ -10,7 +10,9 @@ The flow, every choice made on out-of-fold (OOF) predictions and never on test t
    :mod:`pipeline.ensemble`), reported beside the equal-weight result;
 5. test images stream through in batches: each config averages its fold models (with its TTA) in the chosen
    space, configs are combined with their weights, the argmax goes to the submission writer as a class mask at
-   the image's original size, and nothing is kept for the whole test set but the short RLE strings.
+   the image's original size, and nothing is kept for the whole test set but the short RLE strings. With
+   ``infer.sliding`` each image instead goes alone through :class:`pipeline.sliding.SlidingWindow` (overlapping
+   tiles of the configs' input size, blended back at full size); the OOF predictions of steps 2-4 then do too.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
 from pipeline.predict import SizedModel, autocast, iter_logits
+from pipeline.sliding import SlidingWindow, check_window
 from pipeline.submission import SubmissionFormat, SubmissionWriter, append_ledger
 from pipeline.tta import TtaForward, describe
 
@@ -122,6 +125,38 @@ class EnsembleForward(nn.Module):
         return (logps * w).sum(0).log_softmax(1)
 
 
+def inference_tile(p: InferParams, cfgs: Sequence[ModelConfig]) -> tuple[int, int] | None:
+    """The sliding-window tile (H, W), or ``None`` without ``infer.sliding``.
+
+    ``infer.tile``, else the model configs' common ``input_size`` (the size they trained on): one tile is cut for
+    the whole ensemble, so configs of different input sizes need ``infer.tile`` set.
+    """
+    if not p.sliding:
+        return None
+    if p.tile is not None:
+        return check_window(p.tile, p.tile_overlap, p.tile_blend, p.tile_batch)
+    sizes = sorted({tuple(c.input_size) for c in cfgs})
+    if len(sizes) != 1:
+        raise UserError(
+            f"infer.tile: the model configs have different input sizes {[list(s) for s in sizes]}; set infer.tile "
+            "to the tile the sliding window should cut (e.g. tile: [512, 512])"
+        )
+    return check_window(sizes[0], p.tile_overlap, p.tile_blend, p.tile_batch)
+
+
+def windowed(forward: nn.Module, p: InferParams, tile: tuple[int, int] | None) -> nn.Module:
+    """``forward`` itself, or with a ``tile`` a :class:`~pipeline.sliding.SlidingWindow` over it."""
+    if tile is None:
+        return forward
+    return SlidingWindow(forward, tile, p.tile_overlap, p.tile_blend, p.tile_batch)
+
+
+def image_batch(p: InferParams, tile: tuple[int, int] | None) -> int:
+    """Images per batch: ``infer.batch_size``, or 1 through the sliding window (each image has its own full-size
+    accumulator, so memory is one image's accumulator plus ``infer.tile_batch`` tiles)."""
+    return p.batch_size if tile is None else 1
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Out-of-fold analysis
 
@@ -196,15 +231,17 @@ def choose_tta(
     num_classes: int,
     device: torch.device,
     amp_ctx: Any,
+    tile: tuple[int, int] | None = None,
 ) -> tuple[TtaConfig, list[dict[str, Any]]]:
-    """Greedy TTA selection on OOF mIoU; returns the chosen set and the score of every candidate tried."""
+    """Greedy TTA selection on OOF mIoU (with a ``tile``: through the sliding window); returns the chosen set and the
+    score of every candidate tried."""
     total = sum(len(v) for v in data.ids.values())
     share = 1.0 if p.tta_select_images <= 0 else min(1.0, p.tta_select_images / max(1, total))
     limit = {f: max(1, int(round(len(data.ids[f]) * share))) for f in data.ids}
 
     def score(tta: TtaConfig) -> float:
-        fwd = {f: GroupForward([m], tta, "prob", batched=p.batched_tta) for f, m in models_by_fold.items()}
-        return oof_score(predict_oof(fwd, data, device, p.batch_size, amp_ctx, limit), layout, num_classes)
+        fwd = {f: windowed(GroupForward([m], tta, "prob", p.batched_tta), p, tile) for f, m in models_by_fold.items()}
+        return oof_score(predict_oof(fwd, data, device, image_batch(p, tile), amp_ctx, limit), layout, num_classes)
 
     current = TtaConfig(flips=[], scales=[1.0], merge=p.tta_merge)
     best = score(current)
@@ -308,6 +345,7 @@ def run_ensemble(
         groups.setdefault(m.model, {})[m.fold] = model
         cfgs[m.model] = cfg
     num_classes = len(classes)
+    tile = inference_tile(p, list(cfgs.values()))
     amp_name = next(iter(cfgs.values())).recipe
     amp_ctx = lambda: autocast(device, amp_name.amp, amp_name.cpu_bf16)  # noqa: E731
 
@@ -320,6 +358,8 @@ def run_ensemble(
         "space": p.space,
         "per_model": {},
     }
+    if tile is not None:
+        report["sliding"] = {"tile": list(tile), "overlap": p.tile_overlap, "blend": p.tile_blend}
     ttas: dict[str, TtaConfig] = {}
     temps: dict[str, float] = {}
     oof_probs: dict[str, dict[str, np.ndarray]] = {}
@@ -334,11 +374,16 @@ def run_ensemble(
             ttas[name] = cfgs[name].tta
         else:
             print(f"{name}: choosing TTA on out-of-fold predictions")
-            ttas[name], entry["tta_candidates"] = choose_tta(by_fold, data, layout, p, num_classes, device, amp_ctx)
+            ttas[name], entry["tta_candidates"] = choose_tta(
+                by_fold, data, layout, p, num_classes, device, amp_ctx, tile
+            )
         entry["tta"] = describe(ttas[name])
         if data is not None:
-            fwd = {f: GroupForward([m], ttas[name], "prob", batched=p.batched_tta) for f, m in by_fold.items()}
-            oof = {str(i): pr.astype(np.float16) for i, pr in predict_oof(fwd, data, device, p.batch_size, amp_ctx)}
+            fwd = {
+                f: windowed(GroupForward([m], ttas[name], "prob", p.batched_tta), p, tile) for f, m in by_fold.items()
+            }
+            probs = predict_oof(fwd, data, device, image_batch(p, tile), amp_ctx)
+            oof = {str(i): pr.astype(np.float16) for i, pr in probs}
             oof_probs[name] = oof
             entry["oof_mIoU"] = _score_dict(oof, layout, num_classes)
             if p.calibrate:
@@ -381,7 +426,8 @@ def run_ensemble(
     overlay_n = p.overlays if overlays is None else overlays
     overlay_dir = layout.reports_dir / "overlays"
     bar = tqdm(total=len(ds), desc="infer", unit="img", mininterval=1.0)
-    for idx, logp in iter_logits(ensemble, ds, device, p.batch_size, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx):
+    forward, batch = windowed(ensemble, p, tile), image_batch(p, tile)
+    for idx, logp in iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx):
         pred = logp.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) class indices at original size
         for j, i in enumerate(idx.tolist()):
             writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), pred[j])

@@ -26,10 +26,13 @@ from pipeline.infer import (
     GroupForward,
     choose_tta,
     find_members,
+    image_batch,
+    inference_tile,
     load_member,
     oof_data,
     resolve_device,
     test_set,
+    windowed,
 )
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.paths import Layout
@@ -70,6 +73,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     members = find_members(layout, params.train.models, params.train.folds, round_)
     loaded = {(m.model, m.fold): load_member(m, device) for m in members}
     cfg0 = next(iter(loaded.values()))[1]
+    tile = inference_tile(params.infer, [cfg for _, cfg, _ in loaded.values()])  # infer.sliding applies here too
     amp_ctx = lambda: autocast(device, cfg0.recipe.amp, cfg0.recipe.cpu_bf16)  # noqa: E731
     ttas: dict[str, TtaConfig] = {}
     for name in params.train.models:
@@ -80,7 +84,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
         else:
             by_fold = {f: loaded[(name, f)][0] for f in params.train.folds}
             data = oof_data(layout, params, params.train.folds)
-            ttas[name], _ = choose_tta(by_fold, data, layout, params.infer, len(classes), device, amp_ctx)
+            ttas[name], _ = choose_tta(by_fold, data, layout, params.infer, len(classes), device, amp_ctx, tile)
     ds = SegDataset(tests.paths, None, None, preload=False)
     for s in pseudo_sets(params):
         folds = params.train.folds if s == "all" else [s]
@@ -91,12 +95,11 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
             for n in params.train.models
         ]
         ensemble = EnsembleForward(groups, [1.0] * len(groups), params.infer.space).to(device)
+        forward, batch = windowed(ensemble, params.infer, tile), image_batch(params.infer, tile)
         rows, per_class_conf, per_class_all = [], np.zeros(len(classes)), np.zeros(len(classes))
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
             for idx, logp in tqdm(
-                iter_logits(
-                    ensemble, ds, device, params.infer.batch_size, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx
-                ),
+                iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx),
                 desc=f"pseudo set {s}",
                 unit="batch",
                 mininterval=1.0,

@@ -155,6 +155,52 @@ def test_tta_none_on_a_folder_of_images(trained: Project, tmp_path: Path, monkey
     assert ledger["file"].iloc[-1] == str(out) and ledger["tta"].iloc[-1] == f"{p.model}: none"
 
 
+def test_sliding_window_on_images_larger_and_smaller_than_the_tile(
+    trained: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``infer.sliding``: each image goes through 64x84 tiles (the config's input size) blended back at its own size;
+    the submission is the argmax of the same sliding window over the fold models' mean probabilities."""
+    from pipeline.ensemble import EPS
+    from pipeline.io import write_png
+    from pipeline.sliding import SlidingWindow
+
+    p = trained
+    canvases = [read_image(f) for f in sorted((Path(p.data.root) / "images").glob("test_*.png"))[:4]]
+    mosaic = np.concatenate([np.concatenate(canvases[:2], 1), np.concatenate(canvases[2:], 1)], 0)  # 128x168
+    folder = tmp_path / "large"
+    shapes = {"a.png": (128, 168), "b.png": (100, 130), "c.png": (40, 50)}  # c is smaller than a tile
+    for name, (h, w) in shapes.items():
+        write_png(folder / name, np.ascontiguousarray(mosaic[:h, :w]))
+    params = p.write_params("params_sliding.yaml", infer={"sliding": True, "tile_overlap": 0.25, "tile_batch": 5})
+    out, report_path = tmp_path / "large.csv", tmp_path / "report.json"
+    monkeypatch.chdir(p.root)
+    argv = ["--ensemble", "--params", str(params), "--tta", "none", "--images", str(folder), "--output", str(out)]
+    assert infer.main([*argv, "--report", str(report_path)]) == 0
+
+    report = read_json(report_path)
+    assert report["sliding"] == {"tile": [64, 84], "overlap": 0.25, "blend": "gaussian"}
+    classes = read_json(p.layout.classes_json)
+    ids = {str(i): shapes[name] for i, name in enumerate(sorted(shapes), start=1)}
+    assert validate_submission(out, None, ids, PER_CLASS, classes) == []  # every mask at its original size
+    sub = read_submission_csv(out)
+    runs = dict(zip(zip(sub["id"], sub["class"]), sub["predicted"]))
+
+    models = [fold_model(p.layout.checkpoint(p.model, f)) for f in p.params.train.folds]
+
+    class MeanProbs(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(torch.stack([m(x).softmax(1) for m in models]).mean(0) + EPS)
+
+    window = SlidingWindow(MeanProbs(), (64, 84), 0.25, "gaussian", tile_batch=5)
+    for image_id, (name, (h, w)) in enumerate(sorted(shapes.items()), start=1):
+        with torch.no_grad():
+            expected = window(normalize(torch.from_numpy(read_image(folder / name))[None]))[0].argmax(0).numpy()
+        got = np.zeros((h, w), np.int64)
+        for c in classes[1:]:
+            got[rle.decode(str(runs[(str(image_id), c["name"])]), (h, w), PER_CLASS.rle)] = c["index"]
+        assert (got != expected).mean() < 1e-3, f"{name}: submission differs from the sliding-window reference"
+
+
 @pytest.fixture(scope="module")
 def pseudo(trained: Project) -> dict[str, Any]:
     """Pseudo-labels of round 1, leak-free (one set per fold) and full (one shared set).
