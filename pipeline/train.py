@@ -200,16 +200,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init: str | None) -> str:
-    """What a checkpoint must match to be resumed: config, fold, round, training images, initial weights."""
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init: Path | None) -> str:
+    """What a checkpoint must match to be resumed: config, fold, round, training data, initial weights.
+
+    Paths alone are not enough: a pseudo-label round rewrites the same mask files with new labels, and round 2's
+    initial weights keep their path when round 1 is retrained. So the masks and the initial weights are hashed
+    by content and the images by size (cheap, and a changed image almost always changes size; masks are small).
+    """
     blob = json.dumps(
         {
             "config": to_dict(cfg),
             "fold": fold,
             "round": round_,
-            "init": init,
+            "init": _file_digest(init) if init is not None else None,
             "train": [str(p) for p in split.train_images],
             "val": split.val_ids,
+            "masks": [_file_digest(p) for p in [*split.train_masks, *split.val_masks]],
+            "image_bytes": [p.stat().st_size for p in [*split.train_images, *split.val_images]],
         },
         sort_keys=True,
     )
@@ -263,7 +274,7 @@ def train_fold(
     classes = read_json(layout.classes_json)
     num_classes = len(classes)
     split = fold_split(layout, data, fold, extra)
-    fp = fingerprint(cfg, fold, round_, split, str(init_weights) if init_weights else None)
+    fp = fingerprint(cfg, fold, round_, split, init_weights)
 
     # --- data: each process sees batch_size // world images per step, so the global batch is batch_size
     per_proc_batch = max(1, rec.batch_size // ddp.world)
@@ -338,6 +349,11 @@ def train_fold(
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        # DVC deletes the (non-persistent) curves file before running the stage: a resume of a finished run
+        # must write it again from the checkpoint's history, or the stage fails for a missing output
+        write_csv(
+            layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history]
+        )
 
     def checkpoint(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         return {

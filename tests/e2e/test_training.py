@@ -6,7 +6,9 @@ Numbers compared between runs use one torch thread, fp32 and the CPU, where ever
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import signal
 import subprocess
@@ -22,7 +24,7 @@ import torch
 import yaml
 
 from pipeline.config import to_dict
-from pipeline.io import read_json, read_mask
+from pipeline.io import read_json, read_mask, write_png
 from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.train import LOG_COLUMNS, train_fold
 
@@ -202,6 +204,11 @@ def test_a_checkpoint_of_another_config_is_not_resumed(project: Project) -> None
     train_fold(first, name, fold, p.layout, p.data, one_epoch, progress=False)
     assert last.stat().st_mtime_ns == stamp
     assert read_log(p, name, fold)["train_loss"].tolist() == loss_a
+    # DVC deletes the curves file (not persistent) before it reruns the stage: the finished resume writes it again
+    p.layout.curve_path(name, fold).unlink()
+    train_fold(first, name, fold, p.layout, p.data, one_epoch, progress=False)
+    assert last.stat().st_mtime_ns == stamp
+    assert read_log(p, name, fold)["train_loss"].tolist() == loss_a
 
     # another learning rate: the fingerprint differs, so epoch 1 is trained afresh with the new config
     changed = dataclasses.replace(p.cfg, recipe=dataclasses.replace(p.cfg.recipe, lr=1e-3))
@@ -211,6 +218,28 @@ def test_a_checkpoint_of_another_config_is_not_resumed(project: Project) -> None
     assert abs(log["train_loss"][0] - loss_a[0]) > 1e-4, "the old run's epoch was kept"
     ck = torch.load(last, weights_only=True)
     assert ck["config"]["recipe"]["lr"] == 1e-3 and ck["step"] == spe
+
+
+def test_new_labels_at_the_same_path_are_not_resumed(project: Project, tmp_path: Path) -> None:
+    """A pseudo-label round rewrites the same mask files: a checkpoint trained on the old labels is stale."""
+    p, name, fold = project, "tiny_relabel", 1
+    one_epoch = dataclasses.replace(p.params.train, epochs=1)
+    row = folds(p).iloc[0]
+    image = Path(p.data.root) / p.data.images_dir / row["file_name"]
+    mask_file = tmp_path / "pseudo.png"
+    truth = read_mask(p.layout.mask_path(int(row["image_id"])))
+    write_png(mask_file, truth)
+    train_fold(p.cfg, name, fold, p.layout, p.data, one_epoch, extra=[(image, mask_file)], progress=False)
+    last = p.layout.checkpoint(name, fold, which="last")
+    stamp = last.stat().st_mtime_ns
+
+    write_png(mask_file, np.full_like(truth, 255))  # same path, every pixel now ignored
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train_fold(p.cfg, name, fold, p.layout, p.data, one_epoch, extra=[(image, mask_file)], progress=False)
+    assert "starting afresh" in out.getvalue()
+    assert last.stat().st_mtime_ns != stamp
+    assert read_log(p, name, fold)["epoch"].tolist() == [1]
 
 
 def test_ddp_two_cpu_processes_split_the_global_batch(trained: Project) -> None:
