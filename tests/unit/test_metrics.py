@@ -182,6 +182,21 @@ def test_small_dtypes_do_not_overflow() -> None:
     assert confusion_matrix(p == 1, t == 1, 2).sum() == 400  # bool masks count as classes 0 / 1
 
 
+@pytest.mark.parametrize("num_classes", [127, 128])  # 256 * 127 bins fit the int16 index, 256 * 128 do not
+def test_the_index_dtype_boundary_counts_exactly(num_classes: int) -> None:
+    rng = np.random.default_rng(4)
+    t = rng.integers(0, num_classes, (3, 40, 40))
+    p = rng.integers(0, num_classes, (3, 40, 40))
+    t[0, :5] = 255
+    t[1, 0, :4], p[1, 0, :4] = num_classes - 1, num_classes - 1  # the largest valid bin is used
+    expected = np.zeros((num_classes, num_classes), dtype=np.int64)
+    keep = t != 255
+    np.add.at(expected, (t[keep], p[keep]), 1)  # an independent count, pixel by pixel
+    for dtype in (np.uint8, np.int64):
+        got = confusion_matrix(p.astype(dtype), t.astype(dtype), num_classes).numpy()
+        assert got.tolist() == expected.tolist(), dtype
+
+
 @pytest.mark.parametrize("ignore_index", [-1, -100, 255, 1_000_000])
 def test_every_ignore_index_path(ignore_index: int) -> None:
     # 255 takes the extra-rows path; negative and huge values take the remapping path
