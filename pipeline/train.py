@@ -399,8 +399,17 @@ def train_fold(
             y = batch["mask"].to(device, non_blocking=True)
             if rec.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with amp_ctx():
-                loss = criterion(net(x), y)
+            try:
+                with amp_ctx():
+                    loss = criterion(net(x), y)
+            except ValueError as e:
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                raise UserError(
+                    f"{model_name}: a batch of {x.shape[0]} image(s) per process is too small for this model's "
+                    f"BatchNorm on pooled features (e.g. UPerNet's pyramid pooling); set recipe.batch_size to at "
+                    f"least {2 * ddp.world} in {layout.model_config(model_name)}"
+                ) from e
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if rec.grad_clip is not None:

@@ -23,7 +23,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import to_dict
+from pipeline.config import ModelConfig, to_dict
+from pipeline.errors import UserError
 from pipeline.io import read_json, read_mask, write_png
 from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.train import LOG_COLUMNS, train_fold
@@ -240,6 +241,20 @@ def test_new_labels_at_the_same_path_are_not_resumed(project: Project, tmp_path:
     assert "starting afresh" in out.getvalue()
     assert last.stat().st_mtime_ns != stamp
     assert read_log(p, name, fold)["epoch"].tolist() == [1]
+
+
+def test_a_batch_too_small_for_batchnorm_is_a_clear_error(project: Project) -> None:
+    """SMP's UPerNet normalises 1x1 pooled features: one image per step cannot train; say so, name the fix."""
+    p, name, fold = project, "tiny_upernet_b1", 0
+    cfg = ModelConfig(
+        decoder="UPerNet",
+        encoder="resnet18",
+        encoder_kwargs={"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_width": 16},
+        decoder_kwargs={"decoder_channels": 16},
+    )
+    cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, batch_size=1, epochs=1))
+    with pytest.raises(UserError, match=r"batch of 1 image\(s\) per process .* recipe\.batch_size to at least 2"):
+        train_fold(cfg, name, fold, p.layout, p.data, p.params.train, progress=False)
 
 
 def test_ddp_two_cpu_processes_split_the_global_batch(trained: Project) -> None:
