@@ -182,8 +182,8 @@ def out_paths(stage: dict[str, Any]) -> set[str]:
 
 # Stage -> the Layout paths it must declare (outs, metrics and plots together), and nothing else.
 LAYOUT_OUTS = {
-    "masks": lambda lay: [lay.masks_dir, lay.classes_json, lay.train_index, lay.mask_summary],
-    "folds": lambda lay: [lay.folds_csv],
+    "masks": lambda lay: [lay.masks_dir, lay.classes_json, lay.train_index, lay.mask_summary, lay.timing_path("masks")],
+    "folds": lambda lay: [lay.folds_csv, lay.timing_path("folds")],
 }
 
 
