@@ -191,7 +191,9 @@ class TrainParams:
 class PseudoParams:
     """Pseudo-labelling of the test images by the round-1 ensemble, then a second training round."""
 
-    rounds: int = 1  # 0 turns pseudo-labelling off (the round-2 stages then do nothing); dvc.yaml has one round
+    # pseudo-label rounds, each followed by a training round; 0 turns pseudo-labelling off. dvc.yaml defines stages
+    # for up to 2 (training rounds 2 and 3); the stages of a round beyond this number do nothing
+    rounds: Literal[0, 1, 2] = 1
     threshold: float = 0.9  # pixels whose top-class probability is below become ignore (255)
     min_confident: float = 0.8  # drop an image whose confident-pixel share is below this
     source: Literal["leak_free", "full"] = "leak_free"  # leak_free: round-2 fold k learns from fold-k models only

@@ -67,6 +67,10 @@ class Layout:
         return self.model_dir(model, fold, round_) / f"{which}.pt"
 
     # pseudo-labelling: one set per fold (leak-free) or one shared set ("all")
+    def pseudo_metrics(self, round_: int) -> Path:
+        """The pseudo stage's summary for the labels round ``round_``'s models make (``pseudo.json`` for round 1)."""
+        return self.metrics_dir / ("pseudo.json" if round_ == 1 else f"pseudo_r{round_}.json")
+
     def pseudo_dir(self, round_: int, fold: int | str) -> Path:
         return self.round_dir(round_) / "pseudo" / f"fold{fold}"
 

@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from pipeline.config import Params, TtaConfig
 from pipeline.data.dataset import SegDataset
-from pipeline.errors import UserError
 from pipeline.infer import (
     EnsembleForward,
     GroupForward,
@@ -59,13 +58,12 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     """Write the pseudo-label sets of ``round_`` (PNG masks + index.csv + summary.json per set)."""
     p = params.pseudo
     out: dict[str, Any] = {"round": round_, "source": p.source, "sets": {}}
-    if p.rounds == 0:
-        for s in pseudo_sets(params):  # empty sets keep the DVC outputs defined when pseudo-labelling is off
+    if p.rounds < round_:
+        for s in pseudo_sets(params):  # empty sets keep the DVC outputs defined for a round that is switched off
             with atomic_dir(layout.pseudo_dir(round_, s)) as d:
                 write_csv(d / "index.csv", ["image_id", "file_name", "mask", "confident"], [])
+        print(f"pseudo-labels from round {round_} skipped (pseudo.rounds: {p.rounds})")
         return {**out, "disabled": True}
-    if p.rounds > 1:
-        raise UserError("pseudo.rounds: dvc.yaml runs one pseudo-label round; set 0 or 1")
     t0 = time.time()
     device = resolve_device(params.train.device)
     classes = read_json(layout.classes_json)

@@ -43,7 +43,7 @@ def stage_seconds(layout: Layout, params: Params) -> dict[str, float]:
         t = _json(layout.timing_path(name))
         if t:
             out[name] = t["seconds"]
-    for r in (1, 2):
+    for r in range(1, 2 + params.pseudo.rounds):
         total = 0.0
         for m in params.train.models:
             for f in params.train.folds:
@@ -51,7 +51,9 @@ def stage_seconds(layout: Layout, params: Params) -> dict[str, float]:
                 total += mj["train_seconds"] if mj else 0.0
         if total:
             out[f"train round {r} (all folds)"] = round(total, 1)
-    for name, path in (("pseudo", layout.metrics_dir / "pseudo.json"), ("infer", layout.infer_json)):
+    rounds = range(1, 1 + params.pseudo.rounds)
+    named = [("pseudo" if r == 1 else f"pseudo r{r}", layout.pseudo_metrics(r)) for r in rounds]
+    for name, path in (*named, ("infer", layout.infer_json)):
         j = _json(path)
         if j and "seconds" in j:
             out[name] = j["seconds"]
@@ -85,7 +87,7 @@ def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> 
 
 def write_summary(params: Params, layout: Layout) -> str:
     classes = read_json(layout.classes_json)
-    rounds = [1] + ([2] if params.pseudo.rounds >= 1 else [])
+    rounds = list(range(1, 2 + params.pseudo.rounds))
     folds = list(params.train.folds)
     read_folds(layout)  # the folds exist (an error says what to run otherwise)
     lines = [

@@ -116,8 +116,8 @@ def train_round(
     weights when ``pseudo.init_from_previous``.
 
     Returns:
-        The run's metrics, or ``None`` when ``pseudo.rounds`` has no round ``round_`` (a ``skipped.txt`` says so,
-        so the DVC stage still has its output).
+        The run's metrics, or ``None`` when ``pseudo.rounds`` has no round ``round_`` (a ``skipped.txt`` says so and
+        the curves file is empty, so the DVC stage still has its outputs).
     """
     if round_ < 1:
         raise UserError(f"round must be 1 or more, got {round_}")
@@ -129,6 +129,7 @@ def train_round(
             layout.model_dir(model_name, fold, round_) / "skipped.txt",
             f"pseudo.rounds is {ps.rounds}: no round {round_}\n",
         )
+        write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [])  # the stage's plots output: empty
         print(f"round {round_} skipped (pseudo.rounds: {ps.rounds})")
         return None
     recipe = cfg.recipe
@@ -138,6 +139,7 @@ def train_round(
         recipe = dataclasses.replace(recipe, lr=recipe.lr * ps.lr_scale)
     train = params.train if ps.epochs is None else dataclasses.replace(params.train, epochs=None)
     init = layout.checkpoint(model_name, fold, round_ - 1) if ps.init_from_previous else None
+    (layout.model_dir(model_name, fold, round_) / "skipped.txt").unlink(missing_ok=True)  # from a run with fewer rounds
     return train_fold(
         dataclasses.replace(cfg, recipe=recipe),
         model_name,

@@ -1,4 +1,5 @@
-"""Stage `pseudo`: the round-1 ensemble labels the test images (confident pixels only) for round 2."""
+"""Stage `pseudo` (`pseudo_r2`): the round-1 (round-2) ensemble labels the test images (confident pixels only) for
+the next training round."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     layout = Layout()
     summary = make_pseudo_labels(load_params(args.params), layout, args.round)
-    write_json(layout.metrics_dir / "pseudo.json", summary)
+    write_json(layout.pseudo_metrics(args.round), summary)
     return 0
 
 

@@ -32,6 +32,8 @@ def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
         "train@cnn_default-0",
         "pseudo",
         "train_r2@cnn_default-1",
+        "pseudo_r2",  # pseudo.rounds is 1: the second pseudo round and round 3 run and do nothing
+        "train_r3@cnn_default-0",
         "infer",
         "report",
     ):
@@ -53,6 +55,7 @@ def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
     infer = json.loads((root / "metrics" / "infer.json").read_text())
     assert infer["round"] == 2 and 0.0 <= infer["leaderboard"]["mIoU"] <= 1.0
     assert (root / "work" / "r1" / "pseudo" / "fold0" / "index.csv").is_file()
+    assert (root / "work" / "r3" / "models" / "cnn_default" / "fold0" / "skipped.txt").is_file()
     summary = (root / "reports" / "summary.md").read_text()
     assert "Local leaderboard" in summary and "| cnn_default |" in summary
     assert (root / "reports" / "predictions.png").stat().st_size > 0

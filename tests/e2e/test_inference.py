@@ -283,6 +283,31 @@ def test_round2_trains_on_pseudo_labels_with_its_own_epochs_lr_and_init(
     # no round 3 when pseudo.rounds is 1: the stage leaves a note instead of a model
     assert train_round(p.cfg, p.model, fold, p.layout, params, round_=3) is None
     assert (p.layout.model_dir(p.model, fold, 3) / "skipped.txt").is_file()
+    assert pd.read_csv(p.layout.curve_path(p.model, fold, 3)).empty  # the stage's plots output exists, empty
+
+
+def test_a_second_pseudo_round_labels_with_round2_models_and_trains_round3(
+    trained: Project, pseudo: dict[str, Any]
+) -> None:
+    p = trained
+    params = pseudo["leak_free_params"]
+    one = dataclasses.replace(params, pseudo=dataclasses.replace(params.pseudo, epochs=1, init_from_previous=True))
+    # with one pseudo round, the second pseudo stage writes empty sets and says so
+    skipped = make_pseudo_labels(one, p.layout, round_=2)
+    assert skipped["disabled"] and pd.read_csv(p.layout.pseudo_dir(2, 0) / "index.csv").empty
+
+    two = dataclasses.replace(one, pseudo=dataclasses.replace(one.pseudo, rounds=2))
+    for fold in p.params.train.folds:
+        assert train_round(p.cfg, p.model, fold, p.layout, two, round_=2) is not None
+    made = make_pseudo_labels(two, p.layout, round_=2)
+    assert made["round"] == 2 and set(made["sets"]) == {"0", "1"} and "disabled" not in made
+    pairs = pseudo_pairs(two, p.layout, 0, round_=2)
+    assert pairs and {m.parent for _, m in pairs} == {p.layout.pseudo_dir(2, 0)}
+    metrics = train_round(p.cfg, p.model, 0, p.layout, two, round_=3)
+    assert metrics is not None and metrics["epochs"] == 1
+    r3 = pd.read_csv(p.layout.curve_path(p.model, 0, 3))
+    assert r3["epoch"].tolist() == [1]
+    assert not (p.layout.model_dir(p.model, 0, 3) / "skipped.txt").exists()
 
 
 def test_ablation_scores_each_step_as_a_real_submission(trained: Project) -> None:

@@ -74,6 +74,9 @@ def test_literal_violation_lists_the_options(tmp_path: Path) -> None:
         assert option in message
     message = error_of(tmp_path, "data:\n  on_error: ignore\n")
     assert "data.on_error" in message and "'fail'" in message and "'skip'" in message
+    # dvc.yaml has stages for two pseudo-label rounds: a third is refused when the params are read
+    message = error_of(tmp_path, "pseudo:\n  rounds: 3\n")
+    assert "pseudo.rounds" in message and "0, 1, 2" in message
 
 
 def test_valid_values_are_converted(tmp_path: Path) -> None:
