@@ -189,7 +189,7 @@ class TrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class PseudoParams:
-    """Pseudo-labelling of the test images by the round-1 ensemble, then a second training round."""
+    """Pseudo-labelling of the test images by the previous round's ensemble, then another training round."""
 
     # pseudo-label rounds, each followed by a training round; 0 turns pseudo-labelling off. dvc.yaml defines stages
     # for up to 2 (training rounds 2 and 3); the stages of a round beyond this number do nothing

@@ -36,13 +36,9 @@ from pipeline.infer import (
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.paths import Layout
 from pipeline.predict import autocast, iter_logits
+from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets, skip_pseudo_round
 
 IGNORE = 255
-
-
-def pseudo_sets(params: Params) -> list[int | str]:
-    """The pseudo-label sets a round makes: one per fold (leak_free) or a single shared one ("all")."""
-    return list(params.train.folds) if params.pseudo.source == "leak_free" else ["all"]
 
 
 def confident_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,13 +53,9 @@ def confident_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
 def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[str, Any]:
     """Write the pseudo-label sets of ``round_`` (PNG masks + index.csv + summary.json per set)."""
     p = params.pseudo
+    if not pseudo_round_runs(params, round_):
+        return skip_pseudo_round(params, layout, round_)  # empty sets keep the DVC outputs defined
     out: dict[str, Any] = {"round": round_, "source": p.source, "sets": {}}
-    if p.rounds < round_:
-        for s in pseudo_sets(params):  # empty sets keep the DVC outputs defined for a round that is switched off
-            with atomic_dir(layout.pseudo_dir(round_, s)) as d:
-                write_csv(d / "index.csv", ["image_id", "file_name", "mask", "confident"], [])
-        print(f"pseudo-labels from round {round_} skipped (pseudo.rounds: {p.rounds})")
-        return {**out, "disabled": True}
     t0 = time.time()
     device = resolve_device(params.train.device)
     classes = read_json(layout.classes_json)
@@ -113,7 +105,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                         continue
                     write_png(d / f"{tests.ids[i]}.png", mask)
                     rows.append([tests.ids[i], tests.file_names[i], f"{tests.ids[i]}.png", round(share, 4)])
-            write_csv(d / "index.csv", ["image_id", "file_name", "mask", "confident"], rows)
+            write_csv(d / "index.csv", PSEUDO_INDEX_COLUMNS, rows)
             summary = {
                 "set": str(s),
                 "models": params.train.models,

@@ -58,8 +58,7 @@ from pipeline.models.optim import param_groups
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
 from pipeline.predict import autocast, iter_logits
-
-LOG_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_mIoU", "val_mBIoU", "val_aAcc", "train_img_s", "seconds"]
+from pipeline.rounds import LOG_COLUMNS, pseudo_set, skip_training_round, training_round_runs
 
 
 @dataclasses.dataclass
@@ -92,11 +91,6 @@ def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tupl
     )
 
 
-def pseudo_set(params: Params, fold: int) -> int | str:
-    """Which pseudo-label set fold ``fold`` trains on: its own (leak_free) or the shared one ("all")."""
-    return fold if params.pseudo.source == "leak_free" else "all"
-
-
 def pseudo_pairs(params: Params, layout: Layout, fold: int, round_: int = 1) -> list[tuple[Path, Path]]:
     """(test image path, pseudo mask path) pairs that round ``round_ + 1``'s fold ``fold`` trains on."""
     d = layout.pseudo_dir(round_, pseudo_set(params, fold))
@@ -123,15 +117,10 @@ def train_round(
         raise UserError(f"round must be 1 or more, got {round_}")
     if round_ == 1:
         return train_fold(cfg, model_name, fold, layout, params.data, params.train)
-    ps = params.pseudo
-    if ps.rounds < round_ - 1:
-        write_text(
-            layout.model_dir(model_name, fold, round_) / "skipped.txt",
-            f"pseudo.rounds is {ps.rounds}: no round {round_}\n",
-        )
-        write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [])  # the stage's plots output: empty
-        print(f"round {round_} skipped (pseudo.rounds: {ps.rounds})")
+    if not training_round_runs(params, round_):
+        skip_training_round(params, layout, model_name, fold, round_)
         return None
+    ps = params.pseudo
     recipe = cfg.recipe
     if ps.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=ps.epochs)
@@ -348,14 +337,17 @@ def train_fold(
         elif ddp.main:
             print(f"{last} belongs to another config or data; starting afresh")
 
+    def write_curves() -> None:
+        write_csv(
+            layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history]
+        )
+
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         # DVC deletes the (non-persistent) curves file before running the stage: a resume of a finished run
         # must write it again from the checkpoint's history, or the stage fails for a missing output
-        write_csv(
-            layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history]
-        )
+        write_curves()
 
     def checkpoint(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -450,9 +442,7 @@ def train_fold(
                 f"{model_name} fold {fold} round {round_} epoch {epoch + 1}/{rec.epochs}: loss {train_loss:.4f} "
                 f"val mIoU {val['mIoU']:.4f} mBIoU {val['mBIoU']:.4f} aAcc {val['aAcc']:.4f} ({row['seconds']:.1f}s)"
             )
-            write_csv(
-                layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [[r[c] for c in LOG_COLUMNS] for r in history]
-            )
+            write_curves()
             ck = checkpoint(epoch + 1, val)
             if best_epoch == epoch + 1:
                 save_torch(out_dir / "best.pt", ck)

@@ -10,7 +10,7 @@ import argparse
 from pipeline.config import load_model_config, load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
-from pipeline.train import train_round
+from pipeline.rounds import skip_training_round, training_round_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     layout = Layout()
     cfg = load_model_config(layout.model_config(args.model))
+    if not training_round_runs(params, args.round):  # before torch is imported: a switched-off round takes 0.3 s
+        skip_training_round(params, layout, args.model, args.fold, args.round)
+        return 0
+    from pipeline.train import train_round  # torch, timm, SMP: seconds to import
+
     metrics = train_round(cfg, args.model, args.fold, layout, params, args.round)
     if metrics:
         print(

@@ -1,0 +1,57 @@
+"""Training rounds and pseudo-label sets: which round runs, and what a switched-off round leaves behind.
+
+Round 1 trains on the labelled images; round r > 1 also trains on pseudo-labels made by round r - 1, and runs only
+when ``pseudo.rounds >= r - 1``. ``dvc.yaml`` has stages for every round it supports, so the stages of a round that
+is switched off still run: they write empty outputs here, without importing torch, and finish in under a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.io import atomic_dir, write_csv, write_text
+from pipeline.paths import Layout
+
+# Columns of the per-epoch curves CSV (what `dvc plots` reads).
+LOG_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_mIoU", "val_mBIoU", "val_aAcc", "train_img_s", "seconds"]
+PSEUDO_INDEX_COLUMNS = ["image_id", "file_name", "mask", "confident"]
+
+
+def training_round_runs(params: Params, round_: int) -> bool:
+    """Round 1 always; round r > 1 when there is a pseudo-label round r - 1."""
+    return round_ == 1 or params.pseudo.rounds >= round_ - 1
+
+
+def pseudo_round_runs(params: Params, round_: int) -> bool:
+    """Whether round ``round_``'s models make pseudo-labels (for round ``round_ + 1``)."""
+    return params.pseudo.rounds >= round_
+
+
+def pseudo_sets(params: Params) -> list[int | str]:
+    """The pseudo-label sets a round makes: one per fold (leak_free) or a single shared one ("all")."""
+    return list(params.train.folds) if params.pseudo.source == "leak_free" else ["all"]
+
+
+def pseudo_set(params: Params, fold: int) -> int | str:
+    """Which pseudo-label set fold ``fold`` trains on: its own (leak_free) or the shared one ("all")."""
+    return fold if params.pseudo.source == "leak_free" else "all"
+
+
+def skip_training_round(params: Params, layout: Layout, model_name: str, fold: int, round_: int) -> None:
+    """The outputs of a switched-off training round: a ``skipped.txt`` that says why, and an empty curves file."""
+    write_text(
+        layout.model_dir(model_name, fold, round_) / "skipped.txt",
+        f"pseudo.rounds is {params.pseudo.rounds}: no round {round_}\n",
+    )
+    write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [])
+    print(f"round {round_} skipped (pseudo.rounds: {params.pseudo.rounds})")
+
+
+def skip_pseudo_round(params: Params, layout: Layout, round_: int) -> dict[str, Any]:
+    """The outputs of a switched-off pseudo-label round: empty sets; returns its summary."""
+    for s in pseudo_sets(params):
+        with atomic_dir(layout.pseudo_dir(round_, s)) as d:
+            write_csv(d / "index.csv", PSEUDO_INDEX_COLUMNS, [])
+    print(f"pseudo-labels from round {round_} skipped (pseudo.rounds: {params.pseudo.rounds})")
+    return {"round": round_, "source": params.pseudo.source, "sets": {}, "disabled": True}
