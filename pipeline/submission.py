@@ -273,10 +273,16 @@ def _key_parser(fmt: SubmissionFormat, labels: Iterable[str] | None) -> re.Patte
     """A regex that splits a combined key into ``id`` (and ``cls``), or None when keys are plain ids."""
     if fmt.layout != "per_class" or fmt.key_format is None:
         return None
+    return key_pattern(fmt.key_format, labels)
+
+
+def key_pattern(key_format: str, labels: Iterable[str] | None, any_class: str = ".+?") -> re.Pattern[str]:
+    """A regex splitting a combined key (``{id}_{class}``) into ``id`` and ``cls``: ``cls`` is one of ``labels``
+    (longest first), or ``any_class`` when the labels are not known."""
     known = sorted(labels or [], key=len, reverse=True)
-    cls = "|".join(re.escape(lab) for lab in known) if known else ".+?"
+    cls = "|".join(re.escape(lab) for lab in known) if known else any_class
     pattern = ""
-    for literal, field, _, _ in string.Formatter().parse(fmt.key_format):
+    for literal, field, _, _ in string.Formatter().parse(key_format):
         pattern += re.escape(literal)
         if field == "id":
             pattern += "(?P<id>.+)"

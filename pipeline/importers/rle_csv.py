@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,7 @@ from pipeline.importers.common import (
     write_competition,
 )
 from pipeline.io import safe_join
-from pipeline.submission import PER_CLASS, SubmissionFormat, read_submission_csv
+from pipeline.submission import PER_CLASS, SubmissionFormat, key_pattern, read_submission_csv
 
 Row = tuple[int, str | None, str]  # (CSV line number, class label or None, run-length text)
 
@@ -71,20 +70,6 @@ def index_images(folder: Path, id_regex: str | None = None) -> dict[str, Path]:
     return out
 
 
-def _key_pattern(key_format: str, labels: list[str] | None) -> re.Pattern[str]:
-    """A regex splitting a combined key (``{id}_{class}``) into ``id`` and ``cls``."""
-    known = sorted(labels or [], key=len, reverse=True)
-    cls = "|".join(re.escape(lab) for lab in known) if known else "[^_]+?"
-    pattern = ""
-    for literal, field, _, _ in string.Formatter().parse(key_format):
-        pattern += re.escape(literal)
-        if field == "id":
-            pattern += "(?P<id>.+)"
-        elif field == "class":
-            pattern += f"(?P<cls>{cls})"
-    return re.compile(pattern)
-
-
 def read_rows(csv_path: Path, fmt: SubmissionFormat, known_labels: list[str] | None = None) -> dict[str, list[Row]]:
     """``{image id: [(line, class label, rle text), ...]}`` from a per_class or per_image run-length CSV."""
     if fmt.layout == "dense":
@@ -97,7 +82,9 @@ def read_rows(csv_path: Path, fmt: SubmissionFormat, known_labels: list[str] | N
             f"{csv_path}: no column {missing[0]!r} (columns: {', '.join(map(str, df.columns))}); set --id-column, "
             "--class-column, --rle-column (or the params' infer.submission)"
         )
-    parser = _key_pattern(fmt.key_format, known_labels) if fmt.layout == "per_class" and fmt.key_format else None
+    parser = None
+    if fmt.layout == "per_class" and fmt.key_format:
+        parser = key_pattern(fmt.key_format, known_labels, any_class="[^_]+?")
     rows: dict[str, list[Row]] = {}
     key_cols = fmt.key_columns()
     for n, values in enumerate(zip(*(df[c].tolist() for c in needed)), start=2):  # line 1 is the header
