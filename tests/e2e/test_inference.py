@@ -160,7 +160,7 @@ def test_sliding_window_on_images_larger_and_smaller_than_the_tile(
 ) -> None:
     """``infer.sliding``: each image goes through 64x84 tiles (the config's input size) blended back at its own size;
     the submission is the argmax of the same sliding window over the fold models' mean probabilities."""
-    from pipeline.ensemble import EPS
+    from pipeline.ensemble.fit import EPS
     from pipeline.io import write_png
     from pipeline.sliding import SlidingWindow
 
