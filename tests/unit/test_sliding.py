@@ -11,7 +11,7 @@ from torch import nn
 
 from pipeline.config import InferParams, ModelConfig, from_dict
 from pipeline.errors import UserError
-from pipeline.infer import image_batch, inference_tile, windowed
+from pipeline.ensemble.members import image_batch, inference_tile, windowed
 from pipeline.sliding import SlidingWindow, importance_map, tile_boxes, tile_starts
 
 
