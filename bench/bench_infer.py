@@ -2,7 +2,7 @@
 
 Writes an embedded-default test set of 4N canvases (64x84 PNGs) to a temp folder, then runs the library's
 inference path on the first N and on all 4N images, each in a fresh subprocess: ``--folds`` fold models of
-``cnn_default`` (random weights, the config's autocast and channels-last, wrapped as ``ensemble.members.load_member`` wraps
+``cnn_default`` (random weights, the config's autocast and channels-last, wrapped as ``load_member`` wraps
 them), one :class:`~pipeline.ensemble.members.GroupForward` with hflip + vflip TTA (batched), an
 :class:`~pipeline.ensemble.members.EnsembleForward`, :func:`~pipeline.predict.iter_logits` over a
 :class:`~pipeline.data.dataset.SegDataset` read from disk (not preloaded), and each batch's argmax handed to a
