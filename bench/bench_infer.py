@@ -2,9 +2,9 @@
 
 Writes an embedded-default test set of 4N canvases (64x84 PNGs) to a temp folder, then runs the library's
 inference path on the first N and on all 4N images, each in a fresh subprocess: ``--folds`` fold models of
-``cnn_default`` (random weights, the config's autocast and channels-last, wrapped as ``infer.load_member`` wraps
-them), one :class:`~pipeline.infer.GroupForward` with hflip + vflip TTA (batched), an
-:class:`~pipeline.infer.EnsembleForward`, :func:`~pipeline.predict.iter_logits` over a
+``cnn_default`` (random weights, the config's autocast and channels-last, wrapped as ``load_member`` wraps
+them), one :class:`~pipeline.ensemble.members.GroupForward` with hflip + vflip TTA (batched), an
+:class:`~pipeline.ensemble.members.EnsembleForward`, :func:`~pipeline.predict.iter_logits` over a
 :class:`~pipeline.data.dataset.SegDataset` read from disk (not preloaded), and each batch's argmax handed to a
 :class:`~pipeline.submission.SubmissionWriter`, finalised to a CSV at the end, as ``run_ensemble`` does.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from pipeline.config import DemoParams, TtaConfig, load_model_config  # noqa: E402
 from pipeline.data.dataset import SegDataset  # noqa: E402
 from pipeline.data.demo import generate_demo  # noqa: E402
-from pipeline.infer import EnsembleForward, GroupForward  # noqa: E402
+from pipeline.ensemble.members import EnsembleForward, GroupForward  # noqa: E402
 from pipeline.io import read_json  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.predict import SizedModel, autocast, iter_logits  # noqa: E402

@@ -62,7 +62,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(cfg, NUM_CLASSES).eval()
     if cfg.recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model = SizedModel(model, tuple(cfg.input_size) if cfg.resize == "resize" else None)  # as infer.load_member
+    model = SizedModel(model, tuple(cfg.input_size) if cfg.resize == "resize" else None)  # as load_member
     tile = (args.tile or cfg.input_size)[0], (args.tile or cfg.input_size)[1]
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, args.size, args.size, 3), dtype=torch.uint8, generator=g)

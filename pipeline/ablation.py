@@ -33,13 +33,15 @@ from pipeline.train import train_round
 
 
 def best_fold(layout: Layout, model: str, folds: Sequence[int], round_: int = 1) -> tuple[int, float]:
-    """The fold whose model scored best on its own validation images (its ``metrics.json``): no test truth."""
+    """The fold whose model scored best on its own validation images (its ``metrics.json`` ``val_score``, in the
+    competition metric; ``val_mIoU`` for runs that predate it): no test truth."""
     scores = {}
     for f in folds:
         path = layout.model_dir(model, f, round_) / "metrics.json"
         if not path.is_file():
             raise UserError(f"{path}: missing; train {model} fold {f} round {round_} first (dvc repro)")
-        scores[f] = float(read_json(path)["val_mIoU"])
+        m = read_json(path)
+        scores[f] = float(m.get("val_score", m["val_mIoU"]))
     fold = max(scores, key=scores.__getitem__)
     return fold, scores[fold]
 
@@ -73,7 +75,7 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
     rows: list[tuple[str, str, Params, dict[str, Any]]] = [
         (
             "single",
-            f"best single fold model ({first} fold {fold}, val mIoU {val:.4f}), no TTA",
+            f"best single fold model ({first} fold {fold}, val {params.metric.name} {val:.4f}), no TTA",
             _with(params, models=[first], round=1, tta="none"),
             {"checkpoints": [str(layout.checkpoint(first, fold, 1))]},
         ),
@@ -121,6 +123,10 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
                 "lb_mIoU": lb["mIoU"],
                 "lb_mBIoU": lb["mBIoU"],
                 "oof_mIoU": report.get("oof_mIoU"),
+                "metric": report.get("metric"),
+                "oof_in_sample": report.get("oof_in_sample"),
+                "oof_cross_fitted": report.get("oof_cross_fitted"),
+                "fallback": report.get("fallback", []),
                 "tta": "; ".join(f"{n}: {e['tta']}" for n, e in report["per_model"].items()),
                 "weights": report["weights"],
                 "seconds": round(time.time() - t0, 1),
@@ -132,14 +138,18 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
 def ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The README/report table: LB mIoU per row and its gain over the row above."""
     lines = [
-        "| step | local LB mIoU | gain | LB mBIoU | OOF mIoU | TTA |",
-        "|---|---|---|---|---|---|",
+        "| step | local LB mIoU | gain | LB mBIoU | OOF mIoU | OOF cross-fitted | TTA |",
+        "|---|---|---|---|---|---|---|",
     ]
     prev = None
     for r in rows:
         gain = "" if prev is None else f"{r['lb_mIoU'] - prev:+.4f}"
         oof = "" if r["oof_mIoU"] is None else f"{r['oof_mIoU']:.4f}"
-        lines.append(f"| {r['what']} | {r['lb_mIoU']:.4f} | {gain} | {r['lb_mBIoU']:.4f} | {oof} | {r['tta']} |")
+        cross = r.get("oof_cross_fitted")
+        cross = "" if cross is None else f"{cross:.4f} ({r.get('metric')})"
+        lines.append(
+            f"| {r['what']} | {r['lb_mIoU']:.4f} | {gain} | {r['lb_mBIoU']:.4f} | {oof} | {cross} | {r['tta']} |"
+        )
         prev = r["lb_mIoU"]
     return "\n".join(lines) + "\n"
 

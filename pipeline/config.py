@@ -204,15 +204,28 @@ class PseudoParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricParams:
+    """The competition's metric: what fold validation, OOF, the local leaderboard and every OOF-driven choice (best
+    epoch, TTA set, ensemble weights) optimise and report (:func:`pipeline.metrics.score_matrices`)."""
+
+    # miou: dataset mIoU, background included (mmseg); image_miou: mean over images of each image's mIoU;
+    # image_dice: mean Dice over (image, foreground class) pairs, empty-vs-empty = 1 (Severstal, SIIM, UW-Madison)
+    name: Literal["miou", "image_miou", "image_dice"] = "miou"
+
+
+@dataclasses.dataclass(frozen=True)
 class InferParams:
     """TTA + ensemble inference and the submission (``python -m pipeline.infer --ensemble``)."""
 
     models: list[str] | None = None  # model configs to ensemble; null: train.models
     round: int | None = None  # which round's fold models; null: the last one (pseudo.rounds + 1)
     space: Literal["prob", "logit"] = "prob"  # average probabilities or logits
-    weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising OOF mIoU
+    weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising the OOF metric
     calibrate: bool = False  # per-model temperature fitted on OOF logits before averaging
-    tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if OOF mIoU improves
+    tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if the OOF metric improves
+    # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls
+    # back to the config's TTA set and equal weights instead, and metrics/infer.json and the ledger record it
+    allow_fallback: bool = False
     tta_flips: list[Literal["hflip", "vflip"]] = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
     tta_scales: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.25])  # candidates (auto)
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
@@ -243,6 +256,7 @@ class Params:
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     pseudo: PseudoParams = dataclasses.field(default_factory=PseudoParams)
     infer: InferParams = dataclasses.field(default_factory=InferParams)
+    metric: MetricParams = dataclasses.field(default_factory=MetricParams)
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

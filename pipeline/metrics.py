@@ -396,6 +396,88 @@ def image_miou(matrices: ArrayLike) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The competition metric: one name (params.yaml ``metric.name``) for what OOF, the local leaderboard and every
+# OOF-driven choice optimise
+
+
+METRICS = ("miou", "image_miou", "image_dice")
+
+
+def image_dice(matrices: ArrayLike) -> np.ndarray:
+    """Mean Dice of each image over its foreground classes (1..C-1), empty-vs-empty = 1: (N, C, C) -> (N,).
+
+    The Severstal / SIIM / UW-Madison convention: every (image, foreground class) pair scores
+    ``2 |T & P| / (|T| + |P|)``, and 1 when the class is in neither truth nor prediction of that image. Class 0
+    (background) never counts; a one-class map (C = 1) has no foreground and scores NaN. An image with no counted
+    pixels (all ignore) is NaN too, so it is skipped like in :func:`image_miou`. Every image has the same C - 1
+    pairs, so the mean over images of this equals the mean over all (image, class) pairs.
+
+    Example (C = 3, one image: truth ``[[1, 1, 0, 0]]``, prediction ``[[1, 0, 0, 0]]``)::
+
+        class 1: 2 * 1 / (2 + 1) = 2/3     class 2: empty in both = 1     image Dice = (2/3 + 1) / 2 = 5/6
+
+    >>> m = confusion_matrix(np.array([[1, 0, 0, 0]]), np.array([[1, 1, 0, 0]]), 3, per_image=True)
+    >>> round(float(image_dice(m)[0]), 6)
+    0.833333
+    """
+    m = _as_matrix(matrices, per_image=True)
+    tp = np.diagonal(m, axis1=-2, axis2=-1)[:, 1:]  # (N, C-1)
+    size = (m.sum(axis=-1) + m.sum(axis=-2))[:, 1:]  # |T| + |P| per foreground class
+    dice = np.where(size > 0, 2 * tp / np.maximum(size, 1), 1.0)
+    out = np.asarray(nanmean(dice, axis=1) if dice.shape[1] else np.full(len(m), np.nan), dtype=np.float64)
+    out[m.sum(axis=(-2, -1)) == 0] = np.nan
+    return out
+
+
+def image_scores(name: str, matrices: ArrayLike) -> np.ndarray:
+    """Each image's own score in the per-image metric ``name`` (``image_miou`` or ``image_dice``): (N,), NaN = none."""
+    if name == "image_miou":
+        return image_miou(matrices)
+    if name == "image_dice":
+        return image_dice(matrices)
+    raise ValueError(f"{name!r} is not a per-image metric; per-image metrics: image_miou, image_dice")
+
+
+def check_metric(name: str) -> str:
+    """``name`` if it is one of :data:`METRICS`, else a UserError listing them."""
+    if name not in METRICS:
+        raise UserError(f"metric {name!r} is not one of {', '.join(METRICS)} (params.yaml: metric.name)")
+    return name
+
+
+def score_matrices(name: str, matrices: ArrayLike) -> float:
+    """The competition metric ``name`` of an (N, C, C) stack of per-image confusion matrices (rows = truth).
+
+    * ``miou``: dataset mIoU (mmseg / the trash competition): intersections and unions summed over all images,
+      divided once per class, then the mean over the classes with a score; background (class 0) included.
+    * ``image_miou``: the mean over images of each image's mIoU over the classes present in its truth or its
+      prediction (background included; :func:`image_miou`).
+    * ``image_dice``: the mean over (image, foreground class) pairs of Dice, empty-vs-empty = 1, background not
+      counted (:func:`image_dice`).
+
+    Ignore pixels are already out of the matrices. NaN when nothing has a score.
+
+    Example (C = 2; image A: truth ``[1, 1]``, prediction ``[1, 0]``; image B: truth ``[0, 0]``, prediction
+    ``[0, 0]``)::
+
+        miou       = mean(IoU_0 = 2 / (2+3-2), IoU_1 = 1 / (2+1-1)) = mean(2/3, 1/2)      = 7/12
+        image_miou = mean(A: mean(IoU_0 = 0/1, IoU_1 = 1/2), B: IoU_0 = 1 (class 1 absent)) = mean(1/4, 1) = 5/8
+        image_dice = mean(A: Dice_1 = 2*1 / (2+1), B: Dice_1 empty vs empty = 1)   = mean(2/3, 1) = 5/6
+
+    >>> a = confusion_matrix(np.array([[1, 0]]), np.array([[1, 1]]), 2, per_image=True)
+    >>> b = confusion_matrix(np.array([[0, 0]]), np.array([[0, 0]]), 2, per_image=True)
+    >>> m = np.concatenate([a, b])
+    >>> [round(score_matrices(n, m), 6) for n in METRICS]
+    [0.583333, 0.625, 0.833333]
+    """
+    check_metric(name)
+    m = _as_matrix(matrices, per_image=True)
+    if name == "miou":
+        return float(mean_iou(m.sum(axis=0)))
+    return float(nanmean(image_scores(name, m)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Boundary IoU (Cheng et al., CVPR 2021)
 
 

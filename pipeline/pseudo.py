@@ -20,22 +20,21 @@ from tqdm import tqdm
 
 from pipeline.config import Params, TtaConfig
 from pipeline.data.dataset import SegDataset
-from pipeline.infer import (
+from pipeline.ensemble.choose import TtaSearch, oof_unavailable, resolve_tta
+from pipeline.ensemble.data import oof_data, test_set
+from pipeline.ensemble.members import (
     EnsembleForward,
     GroupForward,
-    choose_tta,
+    Runtime,
     find_members,
-    image_batch,
-    inference_tile,
-    load_member,
-    oof_data,
+    load_members,
     resolve_device,
-    test_set,
     windowed,
 )
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
+from pipeline.oof import truth_reader
 from pipeline.paths import Layout
-from pipeline.predict import autocast, iter_logits
+from pipeline.predict import iter_logits
 from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets, skip_pseudo_round
 
 IGNORE = 255
@@ -61,31 +60,39 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     classes = read_json(layout.classes_json)
     tests = test_set(params)
     members = find_members(layout, params.train.models, params.train.folds, round_)
-    loaded = {(m.model, m.fold): load_member(m, device) for m in members}
-    cfg0 = next(iter(loaded.values()))[1]
-    tile = inference_tile(params.infer, [cfg for _, cfg, _ in loaded.values()])  # infer.sliding applies here too
-    amp_ctx = lambda: autocast(device, cfg0.recipe.amp, cfg0.recipe.cpu_bf16)  # noqa: E731
+    loaded = load_members(members, device)
+    rt = Runtime.of(loaded, params.infer, device)  # infer.sliding, batching and TTA batching apply here too
+    tile, amp_ctx = rt.tile, rt.amp_ctx
+    unavailable = oof_unavailable(layout, members)
+    data = oof_data(layout, params, params.train.folds) if p.tta == "auto" and unavailable is None else None
     ttas: dict[str, TtaConfig] = {}
-    for name in params.train.models:
-        if p.tta == "none":
-            ttas[name] = TtaConfig(flips=[], scales=[1.0])
-        elif p.tta == "config":
-            ttas[name] = loaded[(name, params.train.folds[0])][1].tta
-        else:
-            by_fold = {f: loaded[(name, f)][0] for f in params.train.folds}
-            data = oof_data(layout, params, params.train.folds)
-            ttas[name], _ = choose_tta(by_fold, data, layout, params.infer, len(classes), device, amp_ctx, tile)
+    fallback = []
+    for name, by_fold in loaded.groups.items():  # the same none / config / auto resolution as infer
+        choice = resolve_tta(
+            p.tta,
+            "pseudo.tta",
+            loaded.cfgs[name].tta,
+            unavailable,
+            params.infer.allow_fallback,
+            lambda by_fold=by_fold: TtaSearch(  # type: ignore[misc]
+                by_fold, data, truth_reader(layout), rt, len(classes), params.metric.name
+            ),
+        )
+        ttas[name] = choice.tta
+        if choice.fallback:
+            fallback.append(f"{name}: {choice.fallback}")
+    out["fallback"] = fallback
     ds = SegDataset(tests.paths, None, None, preload=False)
     for s in pseudo_sets(params):
         folds = params.train.folds if s == "all" else [s]
         groups = [
             GroupForward(
-                [loaded[(n, f)][0] for f in folds], ttas[n], params.infer.space, batched=params.infer.batched_tta
+                [loaded.groups[n][f] for f in folds], ttas[n], params.infer.space, batched=params.infer.batched_tta
             )
             for n in params.train.models
         ]
         ensemble = EnsembleForward(groups, [1.0] * len(groups), params.infer.space).to(device)
-        forward, batch = windowed(ensemble, params.infer, tile), image_batch(params.infer, tile)
+        forward, batch = windowed(ensemble, params.infer, tile), rt.batch
         rows, per_class_conf, per_class_all = [], np.zeros(len(classes)), np.zeros(len(classes))
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
             for idx, logp in tqdm(

@@ -714,6 +714,10 @@ LEDGER_COLUMNS = [
     "oof_miou",
     "lb_miou",
     "public_score",
+    "metric",  # the competition metric (params.yaml metric.name) of the two OOF figures that follow
+    "oof_in_sample",  # the choices (TTA, temperature, weights) fitted and scored on every fold
+    "oof_cross_fitted",  # fold k scored with the choices fitted without fold k: compare this one with the LB
+    "fallback",  # what infer.allow_fallback let fall back without OOF (empty: nothing)
 ]
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.data.folds import read_folds
-from pipeline.io import read_image, read_json, read_mask, safe_join, write_json, write_png, write_text
-from pipeline.metrics import ConfusionMatrix, mean_iou
+from pipeline.io import read_image, read_json, safe_join, write_json, write_png, write_text
+from pipeline.oof import model_oof
 from pipeline.paths import Layout
 from pipeline.report import colorize, format_markdown
 
@@ -23,41 +23,43 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def oof_scores(layout: Layout, model: str, folds: list[int], round_: int, metric: str, num_classes: int) -> dict | None:
+    """OOF scores of one model config in one round, every fold's validation predictions pooled
+    (:mod:`pipeline.oof`): ``{"metric", "score", "mIoU"}``, or ``None`` when an ``oof.npz`` is missing."""
+    m = model_oof(layout, model, folds, round_, num_classes)
+    return None if m is None else m.scores(metric)
+
+
 def oof_miou(layout: Layout, model: str, folds: list[int], round_: int, num_classes: int) -> float | None:
-    """OOF mIoU of one model config in one round: every fold's validation predictions pooled (dataset mIoU)."""
-    cm = ConfusionMatrix(num_classes)
-    for f in folds:
-        path = layout.oof_path(model, f, round_)
-        if not path.is_file():
-            return None
-        with np.load(path) as z:
-            for key in z.files:
-                cm.update(z[key].argmax(0), read_mask(layout.mask_path(int(key))))
-    return float(mean_iou(cm))
+    """OOF dataset mIoU of one model config in one round (``None`` when an ``oof.npz`` is missing)."""
+    s = oof_scores(layout, model, folds, round_, "miou", num_classes)
+    return None if s is None else s["mIoU"]
 
 
-def stage_seconds(layout: Layout, params: Params) -> dict[str, float]:
-    """Seconds per stage, from what each stage recorded."""
-    out: dict[str, float] = {}
+def stage_seconds(layout: Layout, params: Params) -> dict[str, float | None]:
+    """Seconds per stage, from what each stage recorded; ``None`` (reported as "unknown") where a record is
+    missing, never 0: a training round is unknown unless every (model, fold) recorded its time."""
+    out: dict[str, float | None] = {}
     for name in ("demo", "masks", "folds"):
         t = _json(layout.timing_path(name))
-        if t:
-            out[name] = t["seconds"]
+        out[name] = t.get("seconds") if t else None
     for r in range(1, 2 + params.pseudo.rounds):
-        total = 0.0
-        for m in params.train.models:
-            for f in params.train.folds:
-                mj = _json(layout.model_dir(m, f, r) / "metrics.json")
-                total += mj["train_seconds"] if mj else 0.0
-        if total:
-            out[f"train round {r} (all folds)"] = round(total, 1)
+        times = [
+            _json(layout.model_dir(m, f, r) / "metrics.json") for m in params.train.models for f in params.train.folds
+        ]
+        known = all(mj and "train_seconds" in mj for mj in times)
+        out[f"train round {r} (all folds)"] = round(sum(mj["train_seconds"] for mj in times), 1) if known else None  # type: ignore[index]
     rounds = range(1, 1 + params.pseudo.rounds)
     named = [("pseudo" if r == 1 else f"pseudo r{r}", layout.pseudo_metrics(r)) for r in rounds]
     for name, path in (*named, ("infer", layout.infer_json)):
         j = _json(path)
-        if j and "seconds" in j:
-            out[name] = j["seconds"]
+        out[name] = j.get("seconds") if j else None
     return out
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``12.3``, or ``unknown`` for a stage that recorded no time."""
+    return "unknown" if seconds is None else f"{seconds:.1f}"
 
 
 def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> None:
@@ -103,13 +105,30 @@ def write_summary(params: Params, layout: Layout) -> str:
         "| model | " + " | ".join(f"round {r}" for r in rounds) + " |",
         "|---|" + "---|" * len(rounds),
     ]
-    oof: dict[str, dict[int, float | None]] = {}
+    metric = params.metric.name
+    oof: dict[str, dict[int, dict[str, Any] | None]] = {}
     for m in params.train.models:
-        oof[m] = {r: oof_miou(layout, m, folds, r, len(classes)) for r in rounds}
-        lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in oof[m].values()) + " |")
+        oof[m] = {r: oof_scores(layout, m, folds, r, metric, len(classes)) for r in rounds}
+        lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v['mIoU']:.4f}" for v in oof[m].values()) + " |")
+    if metric != "miou":  # the competition's metric beside mIoU
+        lines += [
+            "",
+            f"OOF `{metric}`: "
+            + "; ".join(
+                f"{m} " + ", ".join("-" if v is None else f"{v['score']:.4f}" for v in by_round.values())
+                for m, by_round in oof.items()
+            )
+            + " (rounds in order).",
+        ]
     write_json(
         layout.metrics_dir / "summary.json",
-        {"oof_mIoU": {m: {f"round{r}": v for r, v in by_round.items()} for m, by_round in oof.items()}},
+        {
+            "oof_mIoU": {m: {f"round{r}": v and v["mIoU"] for r, v in by_round.items()} for m, by_round in oof.items()},
+            "metric": metric,
+            "oof_score": {
+                m: {f"round{r}": v and v["score"] for r, v in by_round.items()} for m, by_round in oof.items()
+            },
+        },
     )
     infer = _json(layout.infer_json) or {}
     if infer:
@@ -134,6 +153,17 @@ def write_summary(params: Params, layout: Layout) -> str:
                 "",
                 f"Ensemble OOF mIoU: {infer['oof_mIoU']:.4f} (equal weights {infer['oof_mIoU_equal_weights']:.4f}).",
             ]
+        if infer.get("oof_in_sample") is not None:
+            cross = infer.get("oof_cross_fitted")
+            lines += [
+                "",
+                f"Ensemble OOF `{infer.get('metric', 'miou')}`: in-sample {infer['oof_in_sample']:.4f} (choices fitted "
+                "and scored on every fold), cross-fitted "
+                + ("n/a (one fold)" if cross is None else f"**{cross:.4f}**")
+                + " (fold k scored with the choices fitted without it: the estimate to compare with the leaderboard).",
+            ]
+        if infer.get("fallback"):
+            lines += ["", "Fallbacks without OOF (infer.allow_fallback): " + "; ".join(infer["fallback"]) + "."]
     lb = _json(layout.leaderboard_json)
     if lb:
         lines += [
@@ -148,7 +178,7 @@ def write_summary(params: Params, layout: Layout) -> str:
     secs = stage_seconds(layout, params)
     if secs:
         lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in secs.items()]
+        lines += [f"| {k} | {format_seconds(v)} |" for k, v in secs.items()]
     prediction_grid(params, layout, layout.reports_dir / "predictions.png")
     lines += [
         "",

@@ -56,6 +56,7 @@ from pipeline.losses import WeightedLoss
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
 from pipeline.models.optim import param_groups
 from pipeline.models.registry import build_model
+from pipeline.oof import scores as oof_scores
 from pipeline.paths import Layout
 from pipeline.predict import autocast, iter_logits
 from pipeline.rounds import LOG_COLUMNS, pseudo_set, skip_training_round, training_round_runs
@@ -116,7 +117,7 @@ def train_round(
     if round_ < 1:
         raise UserError(f"round must be 1 or more, got {round_}")
     if round_ == 1:
-        return train_fold(cfg, model_name, fold, layout, params.data, params.train)
+        return train_fold(cfg, model_name, fold, layout, params.data, params.train, metric=params.metric.name)
     if not training_round_runs(params, round_):
         skip_training_round(params, layout, model_name, fold, round_)
         return None
@@ -139,6 +140,7 @@ def train_round(
         round_=round_,
         extra=pseudo_pairs(params, layout, fold, round_ - 1),
         init_weights=init,
+        metric=params.metric.name,
     )
 
 
@@ -252,8 +254,12 @@ def train_fold(
     extra: Sequence[tuple[Path, Path]] = (),
     init_weights: Path | None = None,
     progress: bool = True,
+    metric: str = "miou",
 ) -> dict[str, Any]:
-    """Train ``model_name`` on ``fold`` (resuming if possible), write its outputs; return its metrics."""
+    """Train ``model_name`` on ``fold`` (resuming if possible), write its outputs; return its metrics.
+
+    ``metric`` (params.yaml ``metric.name``) scores each epoch's validation and picks the best epoch.
+    """
     if params.epochs is not None:
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=params.epochs))
     rec = cfg.recipe
@@ -422,9 +428,9 @@ def train_fold(
             loss_sum /= ddp.world
         train_loss = float(loss_sum) / max(1, n)
         train_img_s = n * per_proc_batch * ddp.world / max(1e-9, time.time() - t0)  # training only, not validation
-        val = evaluate(eval_model(), val_ds, device, rec.batch_size, classes, amp_ctx, ddp, rec.channels_last)
-        if val["mIoU"] > best:
-            best, best_epoch = val["mIoU"], epoch + 1
+        val = evaluate(eval_model(), val_ds, device, rec.batch_size, classes, amp_ctx, ddp, rec.channels_last, metric)
+        if val["score"] > best:  # the best epoch in the competition metric (metric.name; mIoU by default)
+            best, best_epoch = val["score"], epoch + 1
         row = {
             "epoch": epoch + 1,
             "step": step,
@@ -469,10 +475,16 @@ def evaluate(
     amp_ctx: Callable[[], Any],
     ddp: Dist,
     channels_last: bool,
+    metric: str = "miou",
 ) -> dict[str, Any]:
-    """Validation metrics over the fold's validation images (sharded over processes, matrices all-reduced)."""
+    """Validation metrics over the fold's validation images (sharded over processes, matrices all-reduced).
+
+    Returns :func:`pipeline.metrics.summarize`'s dict (mIoU, mBIoU, aAcc, per_class, ...) with ``metric`` (its
+    name) and ``score``: the competition metric (:mod:`pipeline.oof`), which picks the best epoch.
+    """
     model.eval()
-    cm, biou = ConfusionMatrix(len(classes)), BoundaryIoU(len(classes))
+    per_image = metric != "miou"  # dataset mIoU needs only the summed matrix: keep no per-image copies for it
+    cm, biou = ConfusionMatrix(len(classes), per_image=per_image), BoundaryIoU(len(classes))
     subset: Any = val_ds
     if ddp.world > 1:
         subset = torch.utils.data.Subset(val_ds, list(range(ddp.rank, len(val_ds), ddp.world)))
@@ -486,10 +498,18 @@ def evaluate(
         cm.update(pred, truth)
         biou.update(pred, truth)
     matrix, b_inter, b_union = (torch.as_tensor(v) for v in (cm.matrix, biou.intersection, biou.union))
+    images = cm.image_matrices if per_image else None  # (N, C, C) on this rank
     if ddp.world > 1:
         for t in (matrix, b_inter, b_union):
             dist.all_reduce(t)
-    return summarize(matrix.numpy(), [c["name"] for c in classes], boundary=boundary_iou_scores(b_inter, b_union))
+        if per_image:  # every rank's images, for a per-image mean over the whole validation set
+            parts: list[Any] = [None] * ddp.world
+            dist.all_gather_object(parts, images)
+            images = np.concatenate(parts)
+    out = summarize(matrix.numpy(), [c["name"] for c in classes], boundary=boundary_iou_scores(b_inter, b_union))
+    s = oof_scores(images if images is not None else matrix.numpy()[None], metric)
+    out["metric"], out["score"] = s["metric"], s["score"]
+    return out
 
 
 def finish_fold(
@@ -527,6 +547,8 @@ def finish_fold(
     metrics = {
         "best_epoch": ck["best_epoch"],
         "val_mIoU": m["mIoU"],
+        "metric": m.get("metric", "miou"),  # the competition metric that chose the best epoch, and its score
+        "val_score": m.get("score", m["mIoU"]),
         "val_mBIoU": m["mBIoU"],
         "val_aAcc": m["aAcc"],
         "epochs": len(history),

@@ -104,6 +104,14 @@ def test_ensemble_cli_writes_a_valid_submission_report_and_ledger_row(trained: P
     row = ledger.iloc[-1]
     assert row["file"] == "submissions/submission.csv" and row["models"] == p.model and row["folds"] == "0 1"
     assert float(row["oof_miou"]) == pytest.approx(report["oof_mIoU"])
+    # the competition metric's figures, labelled: in-sample (mIoU by default: the figure above) and cross-fitted
+    assert report["metric"] == row["metric"] == "miou" and report["fallback"] == [] and row["fallback"] == ""
+    assert report["oof_in_sample"] == pytest.approx(report["oof_mIoU"], abs=1e-12)
+    assert float(row["oof_in_sample"]) == pytest.approx(report["oof_in_sample"])
+    assert float(row["oof_cross_fitted"]) == pytest.approx(report["oof_cross_fitted"])
+    assert set(report["cross_fitted_choices"]) == {"0", "1"}
+    if all(c["tta"][p.model] == entry["tta"] for c in report["cross_fitted_choices"].values()):
+        assert report["oof_cross_fitted"] == pytest.approx(report["oof_in_sample"], abs=1e-12)  # same choice
     assert float(row["lb_miou"]) == pytest.approx(lb["mIoU"])
     assert row["tta"] == f"{p.model}: {entry['tta']}" and row["public_score"] == ""
     first = [Path(im["file_name"]).stem for im in read_json(comp / "test.json")["images"][: p.params.infer.overlays]]
@@ -160,7 +168,7 @@ def test_sliding_window_on_images_larger_and_smaller_than_the_tile(
 ) -> None:
     """``infer.sliding``: each image goes through 64x84 tiles (the config's input size) blended back at its own size;
     the submission is the argmax of the same sliding window over the fold models' mean probabilities."""
-    from pipeline.ensemble import EPS
+    from pipeline.ensemble.fit import EPS
     from pipeline.io import write_png
     from pipeline.sliding import SlidingWindow
 

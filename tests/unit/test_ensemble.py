@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.ensemble import combine, fit_temperature, fit_weights, oof_miou, temper
+from pipeline.ensemble.fit import combine, fit_temperature, fit_weights, temper
+from pipeline.ensemble.fit import oof_score as oof_miou
 
 
 def probs(*columns: list[float]) -> np.ndarray:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from pipeline.config import InferParams, ModelConfig, from_dict
+from pipeline.ensemble.members import image_batch, inference_tile, windowed
 from pipeline.errors import UserError
-from pipeline.infer import image_batch, inference_tile, windowed
 from pipeline.sliding import SlidingWindow, importance_map, tile_boxes, tile_starts
 
 

@@ -5,19 +5,19 @@ Out-of-fold (OOF) predictions are stored as float16 probabilities; ``log(p)`` se
 the model's logits by a per-pixel constant, which changes neither softmax nor argmax).
 
 Weight fitting: coordinate ascent on the probability simplex. Starting from equal weights, each round tries
-moving ``step`` of weight from one model to another for every ordered pair, keeps the move that raises OOF mIoU
-most, and stops when no move helps (or after ``max_rounds``). It is deterministic and needs no gradients, which
+moving ``step`` of weight from one model to another for every ordered pair, keeps the move that raises the OOF
+metric most, and stops when no move helps (or after ``max_rounds``). It is deterministic and needs no gradients, which
 suits a metric (mIoU of an argmax) that has none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from pipeline.metrics import ConfusionMatrix, mean_iou
+from pipeline.metrics import ConfusionMatrix, score_matrices
 
 EPS = 1e-6
 
@@ -47,33 +47,38 @@ def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(probs.astype(np.float32) + EPS) / temperature, axis=-3)
 
 
-def oof_miou(
+def ensemble_matrices(
     per_model: Sequence[dict[str, np.ndarray]],
     truth: dict[str, np.ndarray],
     weights: Sequence[float],
     space: str,
     num_classes: int,
-) -> float:
-    """Dataset mIoU of the weighted ensemble over the images every model has an OOF prediction for."""
-    cm = ConfusionMatrix(num_classes)
+) -> np.ndarray:
+    """(N, C, C) per-image confusion matrices of the weighted ensemble, one per ``truth`` key in its order."""
+    cm = ConfusionMatrix(num_classes, per_image=True)
     for key, mask in truth.items():
-        probs = combine([m[key] for m in per_model], weights, space)
-        cm.update(probs.argmax(0), mask)
-    return float(mean_iou(cm))
+        cm.update(combine([m[key] for m in per_model], weights, space).argmax(0), mask)
+    return cm.image_matrices
 
 
-def fit_weights(
+def oof_score(
     per_model: Sequence[dict[str, np.ndarray]],
     truth: dict[str, np.ndarray],
+    weights: Sequence[float],
     space: str,
     num_classes: int,
-    step: float = 0.1,
-    max_rounds: int = 20,
+    metric: str = "miou",
+) -> float:
+    """The metric (:func:`pipeline.metrics.score_matrices`) of the weighted ensemble over the ``truth`` images."""
+    return score_matrices(metric, ensemble_matrices(per_model, truth, weights, space, num_classes))
+
+
+def ascend_weights(
+    score: Callable[[list[float]], float], n: int, step: float = 0.1, max_rounds: int = 20
 ) -> tuple[list[float], float, float]:
-    """Fit ensemble weights on OOF predictions; return (weights, OOF mIoU with them, OOF mIoU with equal)."""
-    n = len(per_model)
+    """Coordinate ascent of ``score(weights)`` on the simplex from equal weights; (weights, best, equal score)."""
     w = [1.0 / n] * n
-    equal = best = oof_miou(per_model, truth, w, space, num_classes)
+    equal = best = score(w)
     if n == 1:
         return w, best, equal
     for _ in range(max_rounds):
@@ -85,13 +90,28 @@ def fit_weights(
                 cand = list(w)
                 cand[i] -= step
                 cand[j] += step
-                score = oof_miou(per_model, truth, cand, space, num_classes)
-                if score > best + 1e-6:
-                    best, move = score, cand
+                s = score(cand)
+                if s > best + 1e-6:
+                    best, move = s, cand
         if move is None:
             break
         w = move
     return [round(x, 6) for x in w], best, equal
+
+
+def fit_weights(
+    per_model: Sequence[dict[str, np.ndarray]],
+    truth: dict[str, np.ndarray],
+    space: str,
+    num_classes: int,
+    step: float = 0.1,
+    max_rounds: int = 20,
+    metric: str = "miou",
+) -> tuple[list[float], float, float]:
+    """Fit ensemble weights on OOF predictions; return (weights, OOF metric with them, OOF metric with equal)."""
+    return ascend_weights(
+        lambda w: oof_score(per_model, truth, w, space, num_classes, metric), len(per_model), step, max_rounds
+    )
 
 
 def fit_temperature(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], max_pixels: int = 2_000_000) -> float:

@@ -1,0 +1,189 @@
+"""A round's members and their forward passes: the fold models of each model config, TTA'd, averaged per config in
+probability or logit space, weighted across configs, optionally through the sliding window.
+
+Shared by ``infer`` and ``pseudo`` (so the pseudo stages depend on no submission, leaderboard or report code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import InferParams, ModelConfig, TtaConfig, from_dict
+from pipeline.ensemble.fit import EPS
+from pipeline.errors import UserError
+from pipeline.io import load_torch
+from pipeline.models.registry import build_model
+from pipeline.paths import Layout
+from pipeline.predict import SizedModel, autocast
+from pipeline.sliding import SlidingWindow, check_window
+from pipeline.tta import TtaForward
+
+
+@dataclasses.dataclass
+class Member:
+    """One trained fold model."""
+
+    model: str
+    fold: int
+    round: int
+    path: Path
+
+
+def find_members(layout: Layout, models: Sequence[str], folds: Sequence[int], round_: int) -> list[Member]:
+    """The best checkpoints of ``models`` x ``folds`` in ``round_``; a missing one is an error saying what to run."""
+    members = []
+    for m in models:
+        for f in folds:
+            path = layout.checkpoint(m, f, round_)
+            if not path.is_file():
+                raise UserError(
+                    f"{path} not found: train it first (dvc repro, or python -m stages.train --model {m} "
+                    f"--fold {f} --round {round_})"
+                )
+            members.append(Member(m, f, round_, path))
+    return members
+
+
+def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelConfig, list[dict[str, Any]]]:
+    """Rebuild a fold model from its checkpoint (weights_only); EMA weights when it has them."""
+    ck = load_torch(member.path)
+    cfg = from_dict(ModelConfig, ck["config"], f"{member.path}: config")
+    model = build_model(cfg, len(ck["classes"]))
+    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    model = model.to(device).eval()
+    if cfg.recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    size = tuple(cfg.input_size) if cfg.resize == "resize" else None
+    return SizedModel(model, size), cfg, ck["classes"]  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class Loaded:
+    """Every member loaded, grouped by model config: ``groups[config][fold]`` is the fold model."""
+
+    groups: dict[str, dict[int, nn.Module]]
+    cfgs: dict[str, ModelConfig]
+    classes: list[dict[str, Any]]
+
+
+def load_members(members: Sequence[Member], device: torch.device) -> Loaded:
+    """Load ``members`` onto ``device``, grouped by model config in member order."""
+    out = Loaded({}, {}, [])
+    for m in members:
+        model, cfg, out.classes = load_member(m, device)
+        out.groups.setdefault(m.model, {})[m.fold] = model
+        out.cfgs[m.model] = cfg
+    return out
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``cuda`` when asked for (or ``auto``) and available, else the CPU."""
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+class GroupForward(nn.Module):
+    """One model config's fold models with a TTA set: (B, 3, H, W) -> (B, C, H, W) log-probabilities.
+
+    Fold models are averaged in probability or logit (log-probability) space; the temperature re-scales the
+    result. Log-probabilities come out so the caller can resize them like logits.
+    """
+
+    def __init__(
+        self, models: Sequence[nn.Module], tta: TtaConfig, space: str, temperature: float = 1.0, batched: bool = True
+    ) -> None:
+        super().__init__()
+        self.models = nn.ModuleList(TtaForward(m, tta, batched) for m in models)
+        self.space, self.temperature = space, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [m(x).float() for m in self.models]
+        if self.space == "prob":
+            logp = torch.log(torch.stack([o.softmax(1) for o in outs]).mean(0) + EPS)
+        else:
+            logp = torch.stack([o.log_softmax(1) for o in outs]).mean(0).log_softmax(1)
+        return (logp / self.temperature).log_softmax(1) if self.temperature != 1.0 else logp
+
+
+class EnsembleForward(nn.Module):
+    """Weighted combination of model-config groups: (B, 3, H, W) -> (B, C, H, W) log-probabilities."""
+
+    def __init__(self, groups: Sequence[GroupForward], weights: Sequence[float], space: str) -> None:
+        super().__init__()
+        self.groups, self.space = nn.ModuleList(groups), space
+        w = torch.tensor(weights, dtype=torch.float32)
+        self.register_buffer("weights", w / w.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logps = torch.stack([g(x) for g in self.groups])  # (G, B, C, H, W)
+        w = self.weights.view(-1, 1, 1, 1, 1)
+        if self.space == "prob":
+            return torch.log((logps.exp() * w).sum(0) + EPS)
+        return (logps * w).sum(0).log_softmax(1)
+
+
+def inference_tile(p: InferParams, cfgs: Sequence[ModelConfig]) -> tuple[int, int] | None:
+    """The sliding-window tile (H, W), or ``None`` without ``infer.sliding``.
+
+    ``infer.tile``, else the model configs' common ``input_size`` (the size they trained on): one tile is cut for
+    the whole ensemble, so configs of different input sizes need ``infer.tile`` set.
+    """
+    if not p.sliding:
+        return None
+    if p.tile is not None:
+        return check_window(p.tile, p.tile_overlap, p.tile_blend, p.tile_batch)
+    sizes = sorted({tuple(c.input_size) for c in cfgs})
+    if len(sizes) != 1:
+        raise UserError(
+            f"infer.tile: the model configs have different input sizes {[list(s) for s in sizes]}; set infer.tile "
+            "to the tile the sliding window should cut (e.g. tile: [512, 512])"
+        )
+    return check_window(sizes[0], p.tile_overlap, p.tile_blend, p.tile_batch)
+
+
+def windowed(forward: nn.Module, p: InferParams, tile: tuple[int, int] | None) -> nn.Module:
+    """``forward`` itself, or with a ``tile`` a :class:`~pipeline.sliding.SlidingWindow` over it."""
+    if tile is None:
+        return forward
+    return SlidingWindow(forward, tile, p.tile_overlap, p.tile_blend, p.tile_batch)
+
+
+def image_batch(p: InferParams, tile: tuple[int, int] | None) -> int:
+    """Images per batch: ``infer.batch_size``, or 1 through the sliding window (each image has its own full-size
+    accumulator, so memory is one image's accumulator plus ``infer.tile_batch`` tiles)."""
+    return p.batch_size if tile is None else 1
+
+
+@dataclasses.dataclass
+class Runtime:
+    """How forwards run: device, autocast, the infer params (batching, TTA batching) and the sliding-window tile."""
+
+    device: torch.device
+    amp_ctx: Callable[[], Any]
+    p: InferParams
+    tile: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, loaded: Loaded, p: InferParams, device: torch.device) -> Runtime:
+        recipe = next(iter(loaded.cfgs.values())).recipe  # the first config's autocast policy serves all
+        return cls(
+            device,
+            lambda: autocast(device, recipe.amp, recipe.cpu_bf16),
+            p,
+            inference_tile(p, list(loaded.cfgs.values())),
+        )
+
+    def group(
+        self, models: Sequence[nn.Module], tta: TtaConfig, space: str = "prob", temperature: float = 1.0
+    ) -> nn.Module:
+        """A (windowed) :class:`GroupForward` of ``models``."""
+        return windowed(GroupForward(models, tta, space, temperature, self.p.batched_tta), self.p, self.tile)
+
+    @property
+    def batch(self) -> int:
+        return image_batch(self.p, self.tile)

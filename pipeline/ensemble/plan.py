@@ -1,0 +1,202 @@
+"""The ensemble's plan, every choice made on out-of-fold (OOF) predictions and never on test truth: the TTA set of
+each model config, its temperature (``infer.calibrate``) and the weights across configs (``infer.weights: fit``).
+
+Each choice is scored twice in the competition metric (:mod:`pipeline.oof`): in-sample (chosen and scored on every
+fold) and cross-fitted (fold k scored with the choices made without fold k, pooled over k): the estimate to compare
+with the leaderboard. Each config's OOF probabilities are predicted once per TTA set over every OOF image, and every
+candidate's per-image confusion matrices once, so the cross-fitted choices re-read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Params, TtaConfig
+from pipeline.ensemble.choose import TtaChoice, TtaSearch, resolve_tta, tta_key
+from pipeline.ensemble.data import OofData, oof_data, predict_oof
+from pipeline.ensemble.fit import ascend_weights, combine, fit_temperature, temper
+from pipeline.ensemble.members import Loaded, Runtime
+from pipeline.errors import UserError
+from pipeline.metrics import ConfusionMatrix, score_matrices
+from pipeline.oof import Memo, cross_fit, truth_reader
+from pipeline.paths import Layout
+from pipeline.tta import describe
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the test forward uses (per config: TTA set and temperature; weights in config order) and the report."""
+
+    ttas: dict[str, TtaConfig]
+    temps: dict[str, float]
+    weights: list[float]
+    report: dict[str, Any]
+    fallback: list[str]
+
+
+def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None) -> Plan:
+    """Choose TTA sets, temperatures and weights on OOF (``unavailable``: why there is no OOF, or ``None``)."""
+    p, metric, names = rt.p, params.metric.name, list(loaded.groups)
+    data = oof_data(layout, params, params.train.folds) if unavailable is None else None
+    truth_of = truth_reader(layout)
+    choices: dict[str, TtaChoice] = {}
+    for name, by_fold in loaded.groups.items():
+        if p.tta == "auto" and data is not None:
+            print(f"{name}: choosing TTA on out-of-fold predictions")
+        choices[name] = resolve_tta(
+            p.tta,
+            "infer.tta",
+            loaded.cfgs[name].tta,
+            unavailable,
+            p.allow_fallback,
+            lambda by_fold=by_fold: TtaSearch(by_fold, data, truth_of, rt, len(loaded.classes), metric),  # type: ignore[arg-type]
+        )
+    fallback = [c.fallback for c in choices.values() if c.fallback]
+    ttas = {n: c.tta for n, c in choices.items()}
+    per_model: dict[str, dict[str, Any]] = {n: {"tta": describe(t)} for n, t in ttas.items()}
+    for n, c in choices.items():
+        if c.candidates is not None:
+            per_model[n]["tta_candidates"] = c.candidates
+    equal = [1.0 / len(names)] * len(names)
+    if data is None:
+        if p.weights == "fit" and len(names) > 1:
+            if not p.allow_fallback:
+                raise UserError(
+                    f"infer.weights: fit fits on out-of-fold predictions, but {unavailable}; set infer.weights: equal, "
+                    "or set infer.allow_fallback: true to use equal weights"
+                )
+            fallback.append(f"infer.weights fit -> equal ({unavailable})")
+            print(f"fallback: {fallback[-1]}")
+        for n in names:
+            print(f"{n}: TTA {per_model[n]['tta']}")
+        return Plan(ttas, {}, equal, {"per_model": per_model}, fallback)
+    return _OofPlanner(params, loaded, rt, data, truth_of, choices, per_model, fallback).plan()
+
+
+class _OofPlanner:
+    """The OOF half of :func:`plan_ensemble`: probabilities and matrices predicted once, choices cross-fitted."""
+
+    def __init__(
+        self,
+        params: Params,
+        loaded: Loaded,
+        rt: Runtime,
+        data: OofData,
+        truth_of: Callable[[int], np.ndarray],
+        choices: dict[str, TtaChoice],
+        per_model: dict[str, dict[str, Any]],
+        fallback: list[str],
+    ) -> None:
+        self.p, self.metric, self.rt, self.data, self.loaded = rt.p, params.metric.name, rt, data, loaded
+        self.names, self.choices, self.per_model, self.fallback = list(loaded.groups), choices, per_model, fallback
+        self.num_classes = len(loaded.classes)
+        fold_of = data.fold_of()
+        self.ids = [str(i) for f in data.ids for i in data.ids[f]]  # every OOF image, fold by fold
+        self.image_folds = np.asarray([fold_of[int(i)] for i in self.ids], np.int64)
+        self.truth = {i: truth_of(int(i)) for i in self.ids}  # (H, W) uint8 masks, read once
+        self._probs: Memo[dict[str, np.ndarray]] = Memo(self._predict)
+        self._model_mats: Memo[np.ndarray] = Memo(self._model_matrices)
+        self._ens_mats: Memo[np.ndarray] = Memo(self._ensemble_matrices)
+
+    # -- predicted once per key
+    def _predict(self, key: tuple[str, Any]) -> dict[str, np.ndarray]:
+        name, tk = key
+        tta = TtaConfig(flips=list(tk[0]), scales=list(tk[1]), merge=tk[2])  # type: ignore[arg-type]
+        fwd = {f: self.rt.group([m], tta) for f, m in self.loaded.groups[name].items()}
+        return {str(i): pr.astype(np.float16) for i, pr in predict_oof(fwd, self.data, self.rt)}
+
+    def _model_matrices(self, key: tuple[str, Any], temperature: float = 1.0) -> np.ndarray:
+        probs = self._probs(key)
+        cm = ConfusionMatrix(self.num_classes, per_image=True)
+        for i in self.ids:
+            pr = probs[i] if temperature == 1.0 else temper(probs[i], temperature).astype(np.float16)
+            cm.update(pr.argmax(0), self.truth[i])
+        return cm.image_matrices
+
+    def _ensemble_matrices(self, key: tuple[Any, ...]) -> np.ndarray:
+        tks, temps, weights = key
+        per_model = [self._probs((n, tk)) for n, tk in zip(self.names, tks)]
+        cm = ConfusionMatrix(self.num_classes, per_image=True)
+        for i in self.ids:
+            outs = [pm[i] if t == 1.0 else temper(pm[i], t).astype(np.float16) for pm, t in zip(per_model, temps)]
+            cm.update(combine(outs, weights, self.p.space).argmax(0), self.truth[i])
+        return cm.image_matrices
+
+    # -- choices, on every fold (held_out None) or without fold k
+    def fold_tta(self, name: str, held_out: int | None) -> Any:
+        c = self.choices[name]
+        return tta_key(c.tta if c.search is None or held_out is None else c.search.greedy(held_out)[0])
+
+    def choose(self, held_out: int | None) -> tuple[Any, ...]:
+        fit = self.image_folds != held_out  # every image when held_out is None
+        tks = tuple(self.fold_tta(n, held_out) for n in self.names)
+        temps = tuple(1.0 for _ in self.names)
+        if self.p.calibrate:
+            truth = {i: self.truth[i] for i, keep in zip(self.ids, fit) if keep}
+            temps = tuple(fit_temperature(self._probs((n, tk)), truth) for n, tk in zip(self.names, tks))
+        n = len(self.names)
+        weights = [1.0 / n] * n
+        if self.p.weights == "fit":
+            weights, _, _ = ascend_weights(
+                lambda w: score_matrices(self.metric, self._ens_mats((tks, temps, tuple(round(x, 9) for x in w)))[fit]),
+                n,
+            )
+        return tks, temps, tuple(weights)
+
+    def plan(self) -> Plan:
+        for name in self.names:
+            entry = self.per_model[name]
+            cf = cross_fit(
+                self.image_folds,
+                lambda k, name=name: self.fold_tta(name, k),
+                lambda tk, name=name: self._model_mats((name, tk)),
+                self.metric,
+            )
+            entry["oof_mIoU"] = cf.in_sample_miou
+            entry.update(cf.figures())
+            print(
+                f"{name}: TTA {entry['tta']}, OOF mIoU {entry['oof_mIoU']:.5f}, {self.metric} in-sample "
+                f"{cf.in_sample:.5f} cross-fitted {_fmt(cf.cross_fitted)}"
+            )
+        ens = cross_fit(self.image_folds, self.choose, self._ens_mats, self.metric)
+        tks, temps, weights = ens.choice
+        if self.p.calibrate:  # a temperature keeps each config's own argmax; it matters in the weighted average
+            for name, tk, t in zip(self.names, tks, temps):
+                self.per_model[name]["temperature"] = t
+                self.per_model[name]["oof_mIoU_calibrated"] = score_matrices(
+                    "miou", self._model_matrices((name, tk), t)
+                )
+        equal = tuple([1.0 / len(self.names)] * len(self.names))
+        report: dict[str, Any] = {"per_model": self.per_model}
+        report["oof_mIoU_equal_weights"] = score_matrices("miou", self._ens_mats((tks, temps, equal)))
+        report["oof_mIoU"] = ens.in_sample_miou
+        report.update(ens.figures())
+        report["cross_fitted_choices"] = {
+            str(k): {
+                "tta": {n: describe(_tta(tk)) for n, tk in zip(self.names, c[0])},
+                "temperature": dict(zip(self.names, c[1])),
+                "weights": dict(zip(self.names, c[2])),
+            }
+            for k, c in ens.fold_choices.items()
+        }
+        print(
+            f"ensemble OOF mIoU: equal weights {report['oof_mIoU_equal_weights']:.5f}, {self.p.weights} weights "
+            f"{report['oof_mIoU']:.5f}; {self.metric} in-sample {ens.in_sample:.5f}, "
+            f"cross-fitted {_fmt(ens.cross_fitted)}"
+        )
+        ttas = {n: _tta(tk) for n, tk in zip(self.names, tks)}
+        return Plan(
+            ttas, dict(zip(self.names, temps)) if self.p.calibrate else {}, list(weights), report, self.fallback
+        )
+
+
+def _tta(tk: Any) -> TtaConfig:
+    return TtaConfig(flips=list(tk[0]), scales=list(tk[1]), merge=tk[2])  # type: ignore[arg-type]
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a (one fold)" if x is None else f"{x:.5f}"
