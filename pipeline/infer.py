@@ -43,7 +43,9 @@ from pipeline.models.registry import build_model
 from pipeline.paths import Layout
 from pipeline.predict import SizedModel, autocast, iter_logits
 from pipeline.sliding import SlidingWindow, check_window
-from pipeline.submission import SubmissionFormat, SubmissionWriter, append_ledger
+from pipeline.submission.format import submission_format
+from pipeline.submission.ledger import append_ledger
+from pipeline.submission.writer import SubmissionWriter
 from pipeline.tta import TtaForward, describe
 
 
@@ -326,7 +328,7 @@ def run_ensemble(
     p = params.infer
     if tta_mode is not None:
         p = dataclasses.replace(p, tta=tta_mode)  # type: ignore[arg-type]
-    fmt = from_dict(SubmissionFormat, p.submission, "params.yaml: infer.submission")
+    fmt = submission_format(p)
     device = resolve_device(params.train.device)
     round_ = p.round if p.round is not None else 1 + _pseudo_rounds(params)
     models = p.models or params.train.models
@@ -442,16 +444,13 @@ def run_ensemble(
     report["seconds"] = round(time.time() - t0, 1)
     print(f"wrote {out} ({len(ds)} images, {report['seconds']} s)")
 
-    lb = None
-    truth_dir = Path(params.data.truth_dir)
-    if images_dir is None and truth_dir.is_dir():
-        from pipeline.leaderboard import score_submission
+    from pipeline.leaderboard import score_if_truth
 
-        lb = score_submission(out, truth_dir, Path(params.data.root) / params.data.test_json, fmt)
+    lb = score_if_truth(out, params, fmt) if images_dir is None else None  # None: no truth of this competition
+    if lb is not None:
         report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
         if write_leaderboard:
             write_json(layout.leaderboard_json, lb)
-        print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
     append_ledger(
         layout.ledger,
         {
