@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 
 import pandas as pd
@@ -201,7 +202,9 @@ def _check_other_columns(ctx: _Context, df: pd.DataFrame, keys: list[tuple[str, 
                 )
 
 
-def _check_row(ctx: _Context, key: tuple[str, ...], text: str, parser, unknown_images: set[str]) -> str | None:  # noqa: ANN001
+def _check_row(
+    ctx: _Context, key: tuple[str, ...], text: str, parser: re.Pattern[str] | None, unknown_images: set[str]
+) -> str | None:
     """The problem with one row, or None."""
     fmt = ctx.fmt
     risk = next((r for r in map(formula_risk, key) if r), None)
