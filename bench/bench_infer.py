@@ -6,7 +6,7 @@ inference path on the first N and on all 4N images, each in a fresh subprocess: 
 them), one :class:`~pipeline.ensemble.members.GroupForward` with hflip + vflip TTA (batched), an
 :class:`~pipeline.ensemble.members.EnsembleForward`, :func:`~pipeline.predict.iter_logits` over a
 :class:`~pipeline.data.dataset.SegDataset` read from disk (not preloaded), and each batch's argmax handed to a
-:class:`~pipeline.submission.SubmissionWriter`, finalised to a CSV at the end, as ``run_ensemble`` does.
+:class:`~pipeline.submission.writer.SubmissionWriter`, finalised to a CSV at the end, as ``run_ensemble`` does.
 
 Each child reports images/s (the prediction loop alone, first batch included) and its resident set size (RSS,
 from ``/proc/self/status``): after setup (imports, models, writer) it resets the kernel's peak-RSS mark
@@ -39,7 +39,8 @@ from pipeline.ensemble.members import EnsembleForward, GroupForward  # noqa: E40
 from pipeline.io import read_json  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.predict import SizedModel, autocast, iter_logits  # noqa: E402
-from pipeline.submission import PER_CLASS, SubmissionWriter  # noqa: E402
+from pipeline.submission.format import PER_CLASS  # noqa: E402
+from pipeline.submission.writer import SubmissionWriter  # noqa: E402
 from pipeline.tta import describe, tta_transforms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.config import Params, from_dict, load_params
+from pipeline.config import Params, load_params
 from pipeline.data.dataset import SegDataset
 from pipeline.ensemble.choose import oof_unavailable
 from pipeline.ensemble.data import test_set
@@ -54,7 +54,9 @@ from pipeline.errors import run_cli
 from pipeline.io import write_json
 from pipeline.paths import Layout
 from pipeline.predict import iter_logits
-from pipeline.submission import SubmissionFormat, SubmissionWriter, append_ledger
+from pipeline.submission.format import SubmissionFormat, submission_format
+from pipeline.submission.ledger import append_ledger
+from pipeline.submission.writer import SubmissionWriter
 from pipeline.tta import describe
 
 
@@ -86,7 +88,7 @@ def run_ensemble(
     if tta_mode is not None:
         p = dataclasses.replace(p, tta=tta_mode)  # type: ignore[arg-type]
         params = dataclasses.replace(params, infer=p)
-    fmt = from_dict(SubmissionFormat, p.submission, "params.yaml: infer.submission")
+    fmt = submission_format(p)
     device = resolve_device(params.train.device)
     round_ = p.round if p.round is not None else 1 + _pseudo_rounds(params)
     models = p.models or params.train.models
@@ -118,12 +120,10 @@ def run_ensemble(
     report["seconds"] = round(time.time() - t0, 1)
     print(f"wrote {out} ({report['test_images']} images, {report['seconds']} s)")
 
-    lb = None  # score on the local leaderboard
-    truth_dir = Path(params.data.truth_dir)
-    if images_dir is None and truth_dir.is_dir():
-        from pipeline.leaderboard import score_submission
+    from pipeline.leaderboard import score_if_truth
 
-        lb = score_submission(out, truth_dir, Path(params.data.root) / params.data.test_json, fmt)
+    lb = score_if_truth(out, params, fmt) if images_dir is None else None  # None: no truth of this competition
+    if lb is not None:
         report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
         if write_leaderboard:
             write_json(layout.leaderboard_json, lb)

@@ -1,10 +1,14 @@
-"""The local leaderboard: score a submission CSV against held-back truth masks.
+"""The local leaderboard: score a submission CSV against held-back truth masks of the same competition.
 
-Truth is a folder of PNG class masks named by test-image file stem, with a ``classes.json`` (index, name) beside
-them (the embedded default writes one to ``data/truth``). The submission is decoded with the same format params
-that wrote it; its class labels are matched to the truth's classes by name (or index, per ``class_value``).
-Scores: mIoU over all classes (background included, dataset convention), per-class IoU and accuracy, pixel
-accuracy, and Boundary IoU (see :mod:`pipeline.metrics`).
+Truth is a folder of PNG class masks named by test-image file stem, with a ``classes.json`` (index, name) and a
+``competition.json`` beside them (the embedded default writes them to ``data/truth``; see
+:mod:`pipeline.data.truth`). A truth folder is used only when its ``competition.json`` records the current
+``test.json``: pointing ``data.root`` at another competition skips the local leaderboard (one logged line) instead
+of scoring against the wrong truth. The submission is decoded by :mod:`pipeline.submission.codec` with the same
+format params that wrote it, in every layout (per_class, single-class, combined key, per_image, and dense when
+``dense_size`` is the image size); its class labels are matched to the truth's classes by name (or index, per
+``class_value``). Scores: mIoU over all classes (background included, dataset convention), per-class IoU and
+accuracy, pixel accuracy, and Boundary IoU (see :mod:`pipeline.metrics`).
 """
 
 from __future__ import annotations
@@ -16,18 +20,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import rle
-from pipeline.config import from_dict, load_params
+from pipeline.config import Params, load_params
+from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError, run_cli
 from pipeline.io import read_json, read_mask, write_json
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
-from pipeline.submission import SubmissionFormat, read_submission_csv, validate_submission
+from pipeline.submission.codec import decode_frame, read_submission_csv
+from pipeline.submission.format import SubmissionFormat, submission_format
+from pipeline.submission.validate import validate_submission
 
 
 def decode_submission(
     csv_path: Path, test_json: Path, fmt: SubmissionFormat, classes: list[dict[str, Any]]
 ) -> dict[str, np.ndarray]:
-    """``{file stem: (H, W) uint8 class mask}`` decoded from a per_class or per_image submission."""
+    """``{file stem: (H, W) uint8 class mask}`` of every test image, decoded from a checked submission."""
     images = read_json(test_json)["images"]
     df = read_submission_csv(csv_path)
     shapes = {fmt.image_key(im["id"], im["file_name"]): (int(im["height"]), int(im["width"])) for im in images}
@@ -36,32 +42,20 @@ def decode_submission(
         raise UserError(f"{csv_path}: not a valid submission: {'; '.join(problems[:5])}")
     stem = {fmt.image_key(im["id"], im["file_name"]): Path(im["file_name"]).stem for im in images}
     label_to_index = {fmt.class_label(c["index"], c["name"]): c["index"] for c in classes if c["index"] != 0}
-    masks = {key: np.zeros(shape, np.uint8) for key, shape in shapes.items()}
-    pred = fmt.prediction_column
-    for _, row in df.iterrows():
-        if fmt.layout == "per_class":
-            if fmt.key_format is not None:
-                raise UserError(
-                    "leaderboard: key_format submissions are scored through their sample's columns; "
-                    "use id and class columns"
-                )
-            image, label = str(row[fmt.id_column]), str(row[fmt.class_column])
-            m = rle.decode(str(row[pred]), shapes[image], fmt.rle)
-            masks[image][m] = label_to_index[label]
-        elif fmt.layout == "per_image":
-            image = str(row[fmt.id_column])
-            parts = str(row[pred]).split()
-            if parts and parts != [fmt.rle.empty]:
-                for k in range(0, len(parts), 3):
-                    m = rle.decode(f"{parts[k + 1]} {parts[k + 2]}", shapes[image], fmt.rle)
-                    masks[image][m] = label_to_index[parts[k]]
-        else:
-            raise UserError("leaderboard: the dense layout is resized and cannot be scored at original size")
+    masks = decode_frame(df, fmt, shapes, label_to_index, str(csv_path))
     return {stem[k]: v for k, v in masks.items()}
 
 
 def score_submission(csv_path: Path, truth_dir: Path, test_json: Path, fmt: SubmissionFormat) -> dict[str, Any]:
-    """Score ``csv_path`` against ``truth_dir``; returns the summary dict (mIoU, aAcc, mBIoU, per_class, ...)."""
+    """Score ``csv_path`` against ``truth_dir``; returns the summary dict (mIoU, aAcc, mBIoU, per_class, ...).
+
+    Raises:
+        UserError: the truth is not this competition's (see :mod:`pipeline.data.truth`), or the submission or a
+            truth mask is unreadable or invalid.
+    """
+    reason = truth_mismatch(truth_dir, test_json)
+    if reason:
+        raise UserError(f"no truth for this competition: {reason}")
     classes = read_json(truth_dir / "classes.json")
     preds = decode_submission(csv_path, test_json, fmt, classes)
     cm, biou = ConfusionMatrix(len(classes)), BoundaryIoU(len(classes))
@@ -74,16 +68,38 @@ def score_submission(csv_path: Path, truth_dir: Path, test_json: Path, fmt: Subm
     return summarize(cm, [c["name"] for c in classes], boundary=biou)
 
 
+def truth_for(params: Params, truth: str | Path | None = None) -> tuple[Path | None, str]:
+    """``(truth folder, "")`` when ``truth`` (default ``data.truth_dir``) is this competition's, else ``(None,
+    why not)``."""
+    truth_dir = Path(truth if truth is not None else params.data.truth_dir)
+    reason = truth_mismatch(truth_dir, Path(params.data.root) / params.data.test_json)
+    return (None, reason) if reason else (truth_dir, "")
+
+
+def score_if_truth(
+    csv_path: str | Path, params: Params, fmt: SubmissionFormat, truth: str | Path | None = None
+) -> dict[str, Any] | None:
+    """The local leaderboard of ``csv_path``, or None (after one logged line) when the competition of
+    ``params.data.root`` has no truth of its own: the folder is missing or its ``competition.json`` is another's."""
+    truth_dir, reason = truth_for(params, truth)
+    if truth_dir is None:
+        print(f"no truth for this competition: {reason}; skipping the local leaderboard")
+        return None
+    lb = score_submission(Path(csv_path), truth_dir, Path(params.data.root) / params.data.test_json, fmt)
+    print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
+    return lb
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.leaderboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("submission", help="submission CSV to score")
-    ap.add_argument("--truth", help="truth masks folder (default data.truth_dir)")
+    ap.add_argument("--truth", help="truth masks folder (default data.truth_dir); its competition.json must match")
     ap.add_argument("--test-json", help="COCO test json with the image sizes (default data.root/data.test_json)")
     ap.add_argument("--params", default="params.yaml", help="params file: data paths and infer.submission format")
     ap.add_argument("--out", help="write the scores as JSON here")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    fmt = from_dict(SubmissionFormat, params.infer.submission, "params.yaml: infer.submission")
+    fmt = submission_format(params, args.params)
     truth = Path(args.truth or params.data.truth_dir)
     test_json = Path(args.test_json or Path(params.data.root) / params.data.test_json)
     scores = score_submission(Path(args.submission), truth, test_json, fmt)

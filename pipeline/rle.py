@@ -39,7 +39,14 @@ import numpy as np
 
 Order = Literal["column", "row"]
 
-_INTEGERS = re.compile(r"\s*(?:-?[0-9]+\s*)*", re.ASCII)
+# One character class, no nesting: the match is linear in the text (a nested ``(?:-?[0-9]+\s*)*`` backtracked
+# exponentially on a long run of digits followed by a bad character).
+_INTEGER_CHARS = re.compile(r"[0-9 \t\n\r\f\v-]*")
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+_NOT_INTEGER_CHAR = re.compile(r"[^0-9 \t\n\r\f\v-]")
+MAX_PIXELS = 2**40
+"""The largest pixel number or run length accepted when the image size is not known (sums of such values stay far
+from int64 overflow)."""
 
 
 class RleError(ValueError):
@@ -137,15 +144,23 @@ def encode(mask: np.ndarray, fmt: RleFormat = KAGGLE) -> str:
 
 
 def parse_integers(text: str) -> np.ndarray:
-    """Whitespace-separated ASCII integers as an int64 array; raises :class:`RleError` naming the first bad value."""
-    if not _INTEGERS.fullmatch(text):
-        for i, token in enumerate(text.split()):
-            if not re.fullmatch(r"-?[0-9]+", token, re.ASCII):
-                raise RleError(f"value {i + 1} ({token[:20]!r}) is not an integer")
-    try:
-        return np.array(text.split(), dtype=np.int64)
-    except OverflowError:
-        raise RleError("a value is too large for a pixel number") from None
+    """Whitespace-separated ASCII integers as an int64 array; raises :class:`RleError` naming the first bad value.
+
+    Linear in the length of ``text``: one character-class scan, then numpy's conversion of the tokens.
+    """
+    if _INTEGER_CHARS.fullmatch(text):
+        tokens = text.split()  # only ASCII whitespace can be in the text here
+        try:
+            return np.array(tokens, dtype=np.int64)
+        except OverflowError:
+            raise RleError("a value is too large for a pixel number") from None
+        except ValueError:
+            pass  # a misplaced '-': found below
+    for i, token in enumerate(text.split()):
+        if not _INTEGER.fullmatch(token):
+            raise RleError(f"value {i + 1} ({token[:20]!r}) is not an integer")
+    bad = _NOT_INTEGER_CHAR.search(text)  # e.g. a non-ASCII space between two numbers
+    raise RleError(f"character {bad.group(0) if bad else text[:1]!r} is not an ASCII digit, '-' or space")
 
 
 def parse_runs(text: str, fmt: RleFormat = KAGGLE, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -174,6 +189,13 @@ def parse_runs(text: str, fmt: RleFormat = KAGGLE, size: int | None = None) -> t
     if values.size % 2:
         raise RleError(f"odd number of values ({values.size}); expected 'start length' pairs")
     written, lengths = values[0::2], values[1::2]
+    # refuse huge values before any arithmetic: a start + length beyond int64 would wrap to a small number (a value
+    # merely past the image gets the message below that says where its run ends)
+    limit = min(MAX_PIXELS, 2**62 // max(1, values.size))
+    big = np.flatnonzero(values > limit)
+    if big.size:
+        i = int(big[0])
+        raise RleError(f"value {i + 1} ({values[i]}) is beyond any image ({limit} pixels at most)")
     bad = np.flatnonzero(lengths < 1)
     if bad.size:
         i = int(bad[0])

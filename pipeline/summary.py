@@ -13,6 +13,8 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.data.folds import read_folds
+from pipeline.data.truth import truth_mismatch
+from pipeline.errors import UserError
 from pipeline.io import read_image, read_json, safe_join, write_json, write_png, write_text
 from pipeline.oof import model_oof
 from pipeline.paths import Layout
@@ -63,20 +65,34 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> None:
-    """A PNG grid of the first ``n`` test images, each beside its predicted mask decoded from the submission."""
-    from pipeline.config import from_dict
-    from pipeline.leaderboard import decode_submission
-    from pipeline.submission import SubmissionFormat
+    """A PNG grid of the first ``n`` test images, each beside its predicted mask decoded from the submission (by
+    :mod:`pipeline.submission.codec`; a dense prediction at another size is resized to the image for the picture)."""
+    from pipeline.submission.codec import decode_frame, read_submission_csv
+    from pipeline.submission.format import resize_nearest, submission_format
+    from pipeline.submission.validate import validate_submission
 
-    fmt = from_dict(SubmissionFormat, params.infer.submission, "params.yaml: infer.submission")
+    fmt = submission_format(params)
     root = Path(params.data.root)
-    test_json = root / params.data.test_json
-    images = read_json(test_json)["images"][:n]
-    preds = decode_submission(Path(params.infer.output), test_json, fmt, read_json(layout.classes_json))
+    images = read_json(root / params.data.test_json)["images"]
+    classes = read_json(layout.classes_json)
+    df = read_submission_csv(params.infer.output)
+    shapes = {fmt.image_key(im["id"], im["file_name"]): (int(im["height"]), int(im["width"])) for im in images}
+    problems = validate_submission(df, None, shapes, fmt, [(c["index"], c["name"]) for c in classes])
+    if problems:
+        raise UserError(f"{params.infer.output}: not a valid submission: {'; '.join(problems[:5])}")
+    images = images[:n]
+    keys = [fmt.image_key(im["id"], im["file_name"]) for im in images]
+    # only the shown images are decoded; a dense prediction at its dense_size, resized below for the picture only
+    shapes = {k: tuple(fmt.dense_size) if fmt.layout == "dense" else shapes[k] for k in keys}
+    labels = {fmt.class_label(c["index"], c["name"]): c["index"] for c in classes if c["index"] != 0}
+    preds = decode_frame(df, fmt, shapes, labels, str(params.infer.output))
     tiles = []
     for im in images:
         image = read_image(safe_join(root / params.data.images_dir, im["file_name"]))
-        tiles.append(np.concatenate([image, colorize(preds[Path(im["file_name"]).stem])], axis=1))
+        pred = preds[fmt.image_key(im["id"], im["file_name"])]
+        if pred.shape != image.shape[:2]:
+            pred = resize_nearest(pred, image.shape[:2])
+        tiles.append(np.concatenate([image, colorize(pred)], axis=1))
     h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
     cols = 3
     rows = -(-len(tiles) // cols)
@@ -164,7 +180,10 @@ def write_summary(params: Params, layout: Layout) -> str:
             ]
         if infer.get("fallback"):
             lines += ["", "Fallbacks without OOF (infer.allow_fallback): " + "; ".join(infer["fallback"]) + "."]
-    lb = _json(layout.leaderboard_json)
+    no_truth = truth_mismatch(params.data.truth_dir, Path(params.data.root) / params.data.test_json)
+    if no_truth:  # a leaderboard file left by another competition is not this one's
+        print(f"no truth for this competition: {no_truth}; the report has no local leaderboard")
+    lb = None if no_truth else _json(layout.leaderboard_json)
     if lb:
         lines += [
             "",

@@ -9,6 +9,7 @@ from pipeline.errors import run_cli
 from pipeline.infer import run_ensemble
 from pipeline.io import write_json
 from pipeline.paths import Layout
+from pipeline.submission.format import submission_format
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo, infer)")
     args = ap.parse_args(argv)
     layout = Layout()
-    write_json(layout.infer_json, run_ensemble(load_params(args.params), layout))
+    params = load_params(args.params)
+    submission_format(params, args.params)  # a bad infer.submission fails now, naming this params file
+    write_json(layout.infer_json, run_ensemble(params, layout))
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 from pipeline.config import load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
+from pipeline.submission.format import submission_format
 from pipeline.summary import write_summary
 
 
@@ -14,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo)")
     args = ap.parse_args(argv)
-    print(write_summary(load_params(args.params), Layout()))
+    params = load_params(args.params)
+    submission_format(params, args.params)  # a bad infer.submission fails now, naming this params file
+    print(write_summary(params, Layout()))
     return 0
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline.config import DemoParams
 from pipeline.data.coco_write import annotation
+from pipeline.data.truth import write_truth_record
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, write_png
 
@@ -147,6 +148,7 @@ def generate_demo(p: DemoParams, competition_dir: str | Path, truth_dir: str | P
             {"index": c["id"], "name": c["name"], "coco_id": c["id"]} for c in CATEGORIES
         ]
         _dump(truth / "classes.json", truth_classes)
+        write_truth_record(truth, comp / "test.json")  # the leaderboard scores only this competition against it
     return {
         "train_images": p.n_train,
         "test_images": p.n_test,

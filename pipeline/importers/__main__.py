@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import from_dict, load_params
+from pipeline.config import load_params
 from pipeline.errors import UserError, run_cli
 from pipeline.importers.common import Split, parse_classes, parse_split, read_classes_file
-from pipeline.submission import SubmissionFormat
+from pipeline.submission.format import SubmissionFormat, submission_format
 
 
 def _common(p: argparse.ArgumentParser, test_list: str) -> None:
@@ -49,7 +49,7 @@ def _split(args: argparse.Namespace, default: float = 0.15) -> Split:
 def _rle_format(args: argparse.Namespace) -> SubmissionFormat:
     """The CSV's format: the params file's infer.submission (if given), then each flag that was set."""
     if args.params is not None:
-        fmt = from_dict(SubmissionFormat, load_params(args.params).infer.submission, f"{args.params}: infer.submission")
+        fmt = submission_format(load_params(args.params), args.params)
     else:
         fmt = SubmissionFormat()
     flags = ("layout", "id_column", "key_format", "class_value", "id_source")

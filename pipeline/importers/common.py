@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from pipeline.data.coco import Category, CocoImage, paint_mask
 from pipeline.data.coco_write import annotation
+from pipeline.data.truth import write_truth_record
 from pipeline.errors import DataError, UserError
 from pipeline.io import atomic_dir, atomic_path, safe_join, write_json, write_png
 
@@ -355,6 +356,7 @@ class CompetitionWriter:
         write_json(self.comp_dir / "test.json", test)
         if self.truth_dir is not None:
             write_json(self.truth_dir / "classes.json", classes_json(self.classes))
+            write_truth_record(self.truth_dir, self.comp_dir / "test.json")  # whose truth it is (the leaderboard)
         return {
             "train_images": len(self.images["train"]),
             "test_images": len(self.images["test"]),

@@ -1,12 +1,12 @@
 """A run-length ``train.csv`` plus an images folder -> a COCO competition.
 
-The CSV is read with the same :class:`pipeline.submission.SubmissionFormat` that writes the competition's
+The CSV is read with the same :class:`pipeline.submission.format.SubmissionFormat` that writes the competition's
 submission (``infer.submission`` in params.yaml), so one set of params describes both directions: the layout
 (``per_class`` rows ``id,class,rle``, a combined ``{id}_{class}`` key, a single-class ``id,rle``, or ``per_image``
-``class start length`` triples), the column names, and the RLE format (pixel order, start index, relative starts,
-empty token; see :mod:`pipeline.rle`). Examples: Severstal (``ImageId,ClassId,EncodedPixels``, column-major,
-1-based), UW-Madison GI Tract (``id,class,segmentation``, row-major, 1-based), SIIM-ACR (``ImageId,
-EncodedPixels``, column-major, 0-based, relative starts, ``-1``).
+``class start length`` triples, all read by :mod:`pipeline.submission.codec`), the column names, and the RLE
+format (pixel order, start index, relative starts, empty token; see :mod:`pipeline.rle`). Examples: Severstal
+(``ImageId,ClassId,EncodedPixels``, column-major, 1-based), UW-Madison GI Tract (``id,class,segmentation``,
+row-major, 1-based), SIIM-ACR (``ImageId,EncodedPixels``, column-major, 0-based, relative starts, ``-1``).
 
 Each row's image is found in the images folder (searched recursively) by its relative path (``0002cc93b.jpg``),
 by its file stem, or by ``id_regex`` (a regex searched in each image's relative path: its named group ``id``, or
@@ -37,7 +37,8 @@ from pipeline.importers.common import (
     write_competition,
 )
 from pipeline.io import safe_join
-from pipeline.submission import PER_CLASS, SubmissionFormat, key_pattern, read_submission_csv
+from pipeline.submission import codec
+from pipeline.submission.format import PER_CLASS, SubmissionFormat
 
 Row = tuple[int, str | None, str]  # (CSV line number, class label or None, run-length text)
 
@@ -74,7 +75,7 @@ def read_rows(csv_path: Path, fmt: SubmissionFormat, known_labels: list[str] | N
     """``{image id: [(line, class label, rle text), ...]}`` from a per_class or per_image run-length CSV."""
     if fmt.layout == "dense":
         raise UserError(f"{csv_path}: the dense layout is class indices, not run lengths; import it another way")
-    df = read_submission_csv(csv_path)
+    df = codec.read_submission_csv(csv_path)
     needed = fmt.key_columns() + [fmt.prediction_column]
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -82,26 +83,18 @@ def read_rows(csv_path: Path, fmt: SubmissionFormat, known_labels: list[str] | N
             f"{csv_path}: no column {missing[0]!r} (columns: {', '.join(map(str, df.columns))}); set --id-column, "
             "--class-column, --rle-column (or the params' infer.submission)"
         )
-    parser = None
-    if fmt.layout == "per_class" and fmt.key_format:
-        parser = key_pattern(fmt.key_format, known_labels, any_class="[^_]+?")
+    parser = codec.key_parser(fmt, known_labels, any_class="[^_]+?")
     rows: dict[str, list[Row]] = {}
-    key_cols = fmt.key_columns()
-    for n, values in enumerate(zip(*(df[c].tolist() for c in needed)), start=2):  # line 1 is the header
-        keys, text = list(values[:-1]), values[-1]
-        label: str | None = None
-        if parser is not None:
-            m = parser.fullmatch(keys[0])
-            if m is None:
-                raise DataError(csv_path, f"line {n}", f"key {keys[0]!r} does not match {fmt.key_format!r}")
-            image, label = m.group("id"), m.groupdict().get("cls")
-        else:
-            image = keys[0]
-            if fmt.layout == "per_class" and len(key_cols) == 2:
-                label = keys[1]
+    keys = codec.row_keys(df, fmt.key_columns())
+    texts = df[fmt.prediction_column].tolist()
+    for n, (key, text) in enumerate(zip(keys, texts, strict=True), start=2):  # line 1 is the header
+        try:
+            image, label = codec.split_key(key, fmt, parser)
+        except rle.RleError as e:
+            raise DataError(csv_path, f"line {n}", f"key {key[0]!r}: {e}") from None
         if not image:
             raise DataError(csv_path, f"line {n}", "empty image id")
-        rows.setdefault(image, []).append((n, label, text))
+        rows.setdefault(image, []).append((n, label, codec.cell_text(text)))
     return rows
 
 
@@ -112,8 +105,8 @@ def _labels_in(rows: Mapping[str, list[Row]], fmt: SubmissionFormat) -> dict[str
         for n, label, text in image_rows:
             if label is not None:
                 found.setdefault(label, n)
-            elif fmt.layout == "per_image" and text.strip() != fmt.rle.empty:
-                for lab in text.split()[0::3]:
+            elif fmt.layout == "per_image":
+                for lab in codec.per_image_labels(text, fmt):
                     found.setdefault(lab, n)
     return dict(sorted(found.items()))
 
@@ -182,29 +175,20 @@ def decode_image(
     height, width = shape
     masks: dict[int, np.ndarray] = {}
 
-    def paint(category_id: int, text: str, entry: str) -> None:
-        try:
-            starts, lengths = rle.parse_runs(text, fmt.rle, height * width)
-        except rle.RleError as e:
-            raise DataError(csv_path, entry, f"{e} (image is {height}x{width})") from None
-        m = rle.decode_runs(starts, lengths, shape, fmt.rle.order)
+    def paint(category_id: int, runs: codec.Runs) -> None:
+        m = rle.decode_runs(*runs, shape, fmt.rle.order)
         masks[category_id] = masks[category_id] | m if category_id in masks else m
 
     for n, label, text in rows:
         entry = f"line {n} (id {image!r}" + (f", class {label!r})" if label is not None else ")")
-        if fmt.layout == "per_image":
-            if text.strip() == fmt.rle.empty:
-                continue
-            tokens = text.split()
-            if len(tokens) % 3:
-                raise DataError(csv_path, entry, f"{len(tokens)} values; expected 'class start length' triples")
-            by_label: dict[str, list[str]] = {}
-            for k in range(0, len(tokens), 3):
-                by_label.setdefault(tokens[k], []).extend(tokens[k + 1 : k + 3])
-            for lab, pairs in by_label.items():
-                paint(label_ids[lab], " ".join(pairs), f"{entry[:-1]}, class {lab!r})")
-        else:
-            paint(single_id if label is None else label_ids[label], text, entry)
+        try:
+            if fmt.layout == "per_image":  # classes may overlap in a train CSV
+                for lab, runs in codec.per_image_cell(text, fmt, height * width, overlap=True).items():
+                    paint(label_ids[lab], runs)
+            else:
+                paint(single_id if label is None else label_ids[label], codec.per_class_cell(text, fmt, height * width))
+        except rle.RleError as e:
+            raise DataError(csv_path, entry, f"{e} (image is {height}x{width})") from None
     return masks
 
 

@@ -26,7 +26,7 @@ from pipeline.importers.folders import import_folders
 from pipeline.infer import run_ensemble
 from pipeline.io import read_json, read_mask, write_png
 from pipeline.paths import Layout
-from pipeline.submission import read_submission_csv
+from pipeline.submission.codec import read_submission_csv
 from pipeline.train import train_fold
 
 COCO_ID = 1

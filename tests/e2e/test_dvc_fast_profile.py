@@ -11,7 +11,9 @@ import pytest
 from helpers import REPO
 from test_dvc_foundation import repo_files, run
 
-from pipeline.submission import read_submission_csv, shapes_from_coco, validate_submission
+from pipeline.submission.codec import read_submission_csv
+from pipeline.submission.format import shapes_from_coco
+from pipeline.submission.validate import validate_submission
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,10 @@ from pipeline.data.dataset import normalize
 from pipeline.io import read_image, read_json, read_mask
 from pipeline.models.registry import build_model
 from pipeline.pseudo import make_pseudo_labels
-from pipeline.submission import LEDGER_COLUMNS, PER_CLASS, read_submission_csv, shapes_from_coco, validate_submission
+from pipeline.submission.codec import read_submission_csv
+from pipeline.submission.format import PER_CLASS, shapes_from_coco
+from pipeline.submission.ledger import LEDGER_COLUMNS
+from pipeline.submission.validate import validate_submission
 from pipeline.train import pseudo_pairs, train_round
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ import pipeline.data.demo as demo
 from pipeline.config import DemoParams
 from pipeline.data.coco import load_coco
 from pipeline.data.coco_write import has_holes
+from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError
 
 P = DemoParams(n_train=60, n_test=20, seed=3)
@@ -180,7 +181,8 @@ def test_sample_submission_has_a_row_per_test_image_and_class(gen: Generated) ->
 def test_truth_masks_match_the_test_canvases(gen: Generated) -> None:
     test = load(gen.comp / "test.json")
     names = sorted(p.name for p in gen.truth.iterdir())
-    assert names == sorted(["classes.json"] + [im["file_name"] for im in test["images"]])
+    assert names == sorted(["classes.json", "competition.json"] + [im["file_name"] for im in test["images"]])
+    assert truth_mismatch(gen.truth, gen.comp / "test.json") is None  # the record names this competition's test.json
     classes = load(gen.truth / "classes.json")
     assert [(c["index"], c["name"]) for c in classes] == [(0, "background")] + [(d + 1, str(d)) for d in range(10)]
     for im, (digits, positions) in zip(test["images"], gen.calls[60:], strict=True):

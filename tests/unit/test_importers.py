@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipeline.data import demo
 from pipeline.data.coco import load_coco, paint_mask
+from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError
 from pipeline.importers import __main__ as cli
 from pipeline.importers.common import Split, parse_classes, parse_split, read_classes_file, split_keys
@@ -24,7 +25,8 @@ from pipeline.importers.m2nist import import_m2nist, write_m2nist_npy
 from pipeline.importers.rle_csv import import_rle_csv
 from pipeline.io import read_image, read_mask
 from pipeline.rle import SIIM, RleFormat
-from pipeline.submission import SubmissionFormat, write_submission
+from pipeline.submission.format import SubmissionFormat
+from pipeline.submission.writer import write_submission
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -145,9 +147,11 @@ def test_m2nist_given_split(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray
     assert [im["id"] for im in test["images"]] == [4, 6] and "annotations" not in test
     assert sorted(p.name for p in (tmp_path / "c" / "truth").iterdir()) == [
         "classes.json",
+        "competition.json",  # whose truth it is: the sha256 of the test.json written with it
         "m2nist_00003.png",
         "m2nist_00005.png",
     ]
+    assert truth_mismatch(tmp_path / "c" / "truth", tmp_path / "c" / "comp" / "test.json") is None
     (tmp_path / "test.txt").write_text("6\n")
     with pytest.raises(UserError, match=r"test\.txt: entry '6': index out of range"):
         import_m2nist(tmp_path / "combined.npy", tmp_path / "segmented.npy", tmp_path / "d", split=split)

@@ -16,23 +16,20 @@ from PIL import Image
 
 from pipeline import rle
 from pipeline.errors import UserError
-from pipeline.submission import (
-    LEDGER_COLUMNS,
+from pipeline.submission.cli import main
+from pipeline.submission.coco_results import to_coco_results
+from pipeline.submission.codec import read_submission_csv
+from pipeline.submission.format import (
     PER_CLASS,
     TRASH,
-    PredictionStringWriter,
     SubmissionFormat,
-    SubmissionWriter,
-    append_ledger,
     foreground_classes,
-    main,
-    read_submission_csv,
     resize_nearest,
     shapes_from_coco,
-    to_coco_results,
-    validate_submission,
-    write_submission,
 )
+from pipeline.submission.ledger import LEDGER_COLUMNS, append_ledger
+from pipeline.submission.validate import validate_submission
+from pipeline.submission.writer import PredictionStringWriter, SubmissionWriter, write_submission
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = [(0, "background"), (1, "cat"), (2, "dog")]

@@ -1,0 +1,45 @@
+"""Which competition a truth folder belongs to: ``<truth>/competition.json`` records the sha256 of the bytes of the
+``test.json`` written with it, so the local leaderboard never scores one competition's submission against another
+competition's truth (``data.truth_dir`` keeps its default when ``data.root`` changes).
+
+The demo and every importer write the record together with the truth; a truth folder without one (made by hand, or
+by an older version) is not used until it has one (:func:`write_truth_record` makes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from pipeline.io import read_json, write_json
+
+RECORD = "competition.json"
+
+
+def competition_sha256(test_json: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of the bytes of a competition's ``test.json``."""
+    return hashlib.sha256(Path(test_json).read_bytes()).hexdigest()
+
+
+def write_truth_record(truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str]) -> None:
+    """Record in ``truth_dir`` that its masks are the truth of the competition whose test split is ``test_json``."""
+    write_json(Path(truth_dir) / RECORD, {"test_json_sha256": competition_sha256(test_json)})
+
+
+def truth_mismatch(truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str]) -> str | None:
+    """Why ``truth_dir`` is not the truth of the competition of ``test_json``, or None when its record matches."""
+    truth_dir, test_json = Path(truth_dir), Path(test_json)
+    if not truth_dir.is_dir():
+        return f"{truth_dir} does not exist"
+    record = truth_dir / RECORD
+    if not record.is_file():
+        return f"{truth_dir} has no {RECORD} saying which competition it belongs to (the demo and importers write it)"
+    if not test_json.is_file():
+        return f"{test_json} does not exist"
+    data = read_json(record)
+    have = data.get("test_json_sha256") if isinstance(data, dict) else None
+    want = competition_sha256(test_json)
+    if have != want:
+        return f"{record} is for a test.json with sha256 {str(have)[:12]}..., {test_json} has {want[:12]}..."
+    return None
