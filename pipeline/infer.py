@@ -72,6 +72,38 @@ def find_members(layout: Layout, models: Sequence[str], folds: Sequence[int], ro
     return members
 
 
+def members_from_checkpoints(paths: Sequence[str | Path]) -> list[Member]:
+    """One member per checkpoint file (``--checkpoint``), its model, fold and round read from the checkpoint itself.
+
+    Every checkpoint ``pipeline.train`` writes records them, wherever the file was copied to. Two checkpoints of one
+    (model, fold) are an error: the ensemble averages one model per fold, so one of them would be silently dropped.
+    """
+    members: list[Member] = []
+    for c in paths:
+        path = Path(c)
+        ck = load_torch(path)
+        missing = [k for k in ("model_name", "fold", "round") if k not in ck]
+        if missing:
+            raise UserError(
+                f"{path}: the checkpoint does not record its {', '.join(missing)} (not written by pipeline.train); "
+                "pass checkpoints that stages.train wrote"
+            )
+        member = Member(str(ck["model_name"]), int(ck["fold"]), int(ck["round"]), path)
+        same = next((m for m in members if (m.model, m.fold) == (member.model, member.fold)), None)
+        if same is not None:
+            raise UserError(
+                f"--checkpoint {path} and {same.path} are both {member.model} fold {member.fold} (rounds "
+                f"{same.round} and {member.round}): give one checkpoint per model and fold"
+            )
+        members.append(member)
+    return members
+
+
+def describe_members(members: Sequence[Member]) -> str:
+    """The ledger's ``members`` cell: ``model/fold<k>/r<round>`` of every member, space-separated."""
+    return " ".join(f"{m.model}/fold{m.fold}/r{m.round}" for m in members)
+
+
 def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelConfig, list[dict[str, Any]]]:
     """Rebuild a fold model from its checkpoint (weights_only); EMA weights when it has them."""
     ck = load_torch(member.path)
@@ -331,7 +363,9 @@ def run_ensemble(
     round_ = p.round if p.round is not None else 1 + _pseudo_rounds(params)
     models = p.models or params.train.models
     if checkpoints:
-        members = [Member(Path(c).parent.parent.name, -1, round_, Path(c)) for c in checkpoints]
+        members = members_from_checkpoints(checkpoints)
+        rounds = {m.round for m in members}
+        round_ = rounds.pop() if len(rounds) == 1 else -1  # the report's round: the members' own (-1: mixed rounds)
     else:
         members = find_members(layout, models, params.train.folds, round_)
     t0 = time.time()
@@ -354,7 +388,8 @@ def run_ensemble(
     report: dict[str, Any] = {
         "round": round_,
         "models": list(groups),
-        "folds": list(params.train.folds),
+        "folds": sorted({m.fold for m in members}),
+        "members": [{"model": m.model, "fold": m.fold, "round": m.round} for m in members],
         "space": p.space,
         "per_model": {},
     }
@@ -459,7 +494,7 @@ def run_ensemble(
             "time": datetime.datetime.now().isoformat(timespec="seconds"),
             "git_commit": git_commit(),
             "models": " ".join(names),
-            "folds": " ".join(map(str, params.train.folds)),
+            "members": describe_members(members),
             "tta": "; ".join(f"{n}: {describe(ttas[n])}" for n in names),
             "ensemble_weights": " ".join(f"{n}={w:.3f}" for n, w in zip(names, weights)),
             "oof_miou": report.get("oof_mIoU", ""),
@@ -511,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PT",
-        help="use these checkpoints instead (repeatable); no OOF selection then",
+        help="ensemble these checkpoints instead (repeatable: each is one member, with the model, fold and round it "
+        "records); no OOF selection then",
     )
     ap.add_argument("--tta", choices=["auto", "config", "none"], help="override infer.tta")
     ap.add_argument("--output", help="submission CSV to write (default infer.output)")
