@@ -4,7 +4,8 @@ A stage whose command is ``python -m stages.X`` (or ``python -m pipeline.X``, or
 module; its import closure, restricted to the project's own packages, is found by reading ``import`` statements
 with ``ast`` (including imports inside functions, relative imports and literal ``importlib.import_module`` calls;
 imports under ``if TYPE_CHECKING:`` are skipped because they never run). A missing dep means editing that module
-never re-runs the stage; an extra one means it re-runs for nothing. Output paths must agree with ``Layout``.
+never re-runs the stage; an extra one means it re-runs for nothing. Output paths must agree with ``Layout``. The
+closure is :func:`pipeline.closure.import_closure`, the same one training hashes into its resume fingerprint.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pytest
 import yaml
 from helpers import REPO
 
+from pipeline import closure
+from pipeline.closure import OWN_PACKAGES
 from pipeline.paths import Layout
-
-OWN_PACKAGES = ("pipeline", "stages")  # [tool.setuptools.packages.find] include in pyproject.toml
 
 
 def load_stages() -> dict[str, dict[str, Any]]:
@@ -52,87 +53,10 @@ def entry_modules(stage: dict[str, Any]) -> list[str]:
     return [m for m in found if m.split(".")[0] in OWN_PACKAGES]
 
 
-def module_file(name: str) -> Path | None:
-    base = REPO.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-class _Imports(ast.NodeVisitor):
-    def __init__(self, module: str, is_package: bool) -> None:
-        self.module, self.is_package = module, is_package
-        self.names: set[str] = set()
-
-    def visit_If(self, node: ast.If) -> None:  # noqa: N802 - ast.NodeVisitor's naming
-        test = node.test
-        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-        ):
-            for child in node.orelse:
-                self.visit(child)
-            return
-        self.generic_visit(node)
-
-    def visit_Import(self, node: ast.Import) -> None:  # noqa: N802
-        self.names.update(alias.name for alias in node.names)
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:  # noqa: N802
-        if node.level:
-            package = self.module.split(".") if self.is_package else self.module.split(".")[:-1]
-            package = package[: len(package) - (node.level - 1)]
-            base = ".".join(package + ([node.module] if node.module else []))
-        else:
-            base = node.module or ""
-        self.names.add(base)
-        # `from pipeline.data import coco` imports the submodule pipeline.data.coco
-        self.names.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}"))
-
-    def visit_Call(self, node: ast.Call) -> None:  # noqa: N802
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if name == "import_module" and node.args and isinstance(node.args[0], ast.Constant):
-            if isinstance(node.args[0].value, str):
-                self.names.add(node.args[0].value)
-        self.generic_visit(node)
-
-
-def _is_trivial(path: Path) -> bool:
-    """An ``__init__.py`` with nothing but a docstring: importing it runs nothing, so it need not be a dep."""
-    body = ast.parse(path.read_text()).body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    return not body
-
-
 def import_closure(entry: str) -> set[str]:
     """Repo-relative paths of the project files that running module ``entry`` executes."""
-    todo, seen, problems = [entry], set(), []
-    files: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        path = module_file(name)
-        if path is None:
-            problems.append(name)
-            continue
-        if not (path.name == "__init__.py" and _is_trivial(path)):
-            files.add(path.relative_to(REPO).as_posix())
-        visitor = _Imports(module_name(path), path.name == "__init__.py")
-        visitor.visit(ast.parse(path.read_text(), filename=str(path)))
-        todo.extend(n for n in visitor.names if n.split(".")[0] in OWN_PACKAGES)
-    assert not problems, f"{entry} imports project modules that have no file: {sorted(problems)}"
+    files, missing = closure.import_closure(entry, REPO)
+    assert not missing, f"{entry} imports project modules that have no file: {missing}"
     return files
 
 
@@ -147,11 +71,11 @@ def test_the_foundation_stages_are_checked() -> None:
 @pytest.mark.parametrize("name", PYTHON_STAGES)
 def test_py_deps_equal_the_import_closure(name: str) -> None:
     stage = STAGES[name]
-    closure: set[str] = set()
+    files: set[str] = set()
     for entry in entry_modules(stage):
-        closure |= import_closure(entry)
+        files |= import_closure(entry)
     deps = {d for d in stage_body(stage).get("deps", []) if isinstance(d, str) and d.endswith(".py")}
-    missing, extra = sorted(closure - deps), sorted(deps - closure)
+    missing, extra = sorted(files - deps), sorted(deps - files)
     fixes = [f"add to deps {missing} (imported: editing them must re-run the stage)"] if missing else []
     fixes += [f"remove from deps {extra} (not imported)"] if extra else []
     assert not fixes, f"dvc.yaml stage {name!r}: " + "; ".join(fixes)
@@ -165,7 +89,7 @@ def test_the_closure_follows_what_it_should() -> None:
         "def f():\n    from . import coco\n    from ..io import x\n    import importlib\n"
         "    importlib.import_module('pipeline.paths')\nif TYPE_CHECKING:\n    import pipeline.config\n"
     )
-    visitor = _Imports("pipeline.data.masks", is_package=False)
+    visitor = closure.Imports("pipeline.data.masks", is_package=False, root=REPO)
     visitor.visit(tree)
     assert {"pipeline.data.coco", "pipeline.io", "pipeline.paths"} <= visitor.names
     assert "pipeline.config" not in visitor.names
