@@ -460,6 +460,7 @@ def run_ensemble(
     ds = SegDataset(tests.paths, None, None, preload=False)
     overlay_n = p.overlays if overlays is None else overlays
     overlay_dir = layout.reports_dir / "overlays"
+    overlay_dir.mkdir(parents=True, exist_ok=True)  # an output of the infer stage: there even with no overlays
     bar = tqdm(total=len(ds), desc="infer", unit="img", mininterval=1.0)
     forward, batch = windowed(ensemble, p, tile), image_batch(p, tile)
     for idx, logp in iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx):
