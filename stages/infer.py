@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     layout = Layout()
     params = load_params(args.params)
-    submission_format(params, args.params)  # a bad infer.submission fails now, naming this params file
+    submission_format(params.infer.submission, args.params)  # a bad infer.submission fails now, naming this params file
     write_json(layout.infer_json, run_ensemble(params, layout))
     return 0
 

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    submission_format(params, args.params)  # a bad infer.submission fails now, naming this params file
+    submission_format(params.infer.submission, args.params)  # a bad infer.submission fails now, naming this params file
     print(write_summary(params, Layout()))
     return 0
 

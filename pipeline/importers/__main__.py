@@ -49,7 +49,7 @@ def _split(args: argparse.Namespace, default: float = 0.15) -> Split:
 def _rle_format(args: argparse.Namespace) -> SubmissionFormat:
     """The CSV's format: the params file's infer.submission (if given), then each flag that was set."""
     if args.params is not None:
-        fmt = submission_format(load_params(args.params), args.params)
+        fmt = submission_format(load_params(args.params).infer.submission, args.params)
     else:
         fmt = SubmissionFormat()
     flags = ("layout", "id_column", "key_format", "class_value", "id_source")

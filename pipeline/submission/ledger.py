@@ -22,7 +22,7 @@ LEDGER_COLUMNS = [
     "time",
     "git_commit",
     "models",
-    "folds",
+    "members",  # model/fold<k>/r<round> of every member: what ran, not what params listed
     "tta",
     "ensemble_weights",
     "oof_miou",

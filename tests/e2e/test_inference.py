@@ -105,7 +105,8 @@ def test_ensemble_cli_writes_a_valid_submission_report_and_ledger_row(trained: P
     ledger = pd.read_csv(p.layout.ledger, dtype=str, keep_default_na=False)
     assert list(ledger.columns) == LEDGER_COLUMNS and len(ledger) == ledger_rows + 1
     row = ledger.iloc[-1]
-    assert row["file"] == "submissions/submission.csv" and row["models"] == p.model and row["folds"] == "0 1"
+    assert row["file"] == "submissions/submission.csv" and row["models"] == p.model
+    assert row["members"] == f"{p.model}/fold0/r1 {p.model}/fold1/r1"
     assert float(row["oof_miou"]) == pytest.approx(report["oof_mIoU"])
     # the competition metric's figures, labelled: in-sample (mIoU by default: the figure above) and cross-fitted
     assert report["metric"] == row["metric"] == "miou" and report["fallback"] == [] and row["fallback"] == ""

@@ -80,8 +80,9 @@ def test_literal_violation_lists_the_options(tmp_path: Path) -> None:
 
 
 def test_valid_values_are_converted(tmp_path: Path) -> None:
-    p = load_params(write_params(tmp_path, "demo:\n  test_digit_share: 1\nmasks:\n  crowd: ignore\n"))
-    assert p.demo.test_digit_share == 1.0 and isinstance(p.demo.test_digit_share, float)
+    # (demo.test_digit_share: 1 was the example until 1 became out of range: 0 < share < 1)
+    p = load_params(write_params(tmp_path, "pseudo:\n  threshold: 1\nmasks:\n  crowd: ignore\n"))
+    assert p.pseudo.threshold == 1.0 and isinstance(p.pseudo.threshold, float)
     assert p.masks.crowd == "ignore" and p.masks.workers == MasksParams().workers  # defaults fill the rest
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.masks.workers = 3  # type: ignore[misc]

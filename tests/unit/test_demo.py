@@ -14,13 +14,13 @@ import pytest
 from helpers import read_png
 
 import pipeline.data.demo as demo
-from pipeline.config import DemoParams
+from pipeline.config import DemoParams, load_params
 from pipeline.data.coco import load_coco
 from pipeline.data.coco_write import has_holes
 from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError
 
-P = DemoParams(n_train=60, n_test=20, seed=3)
+P = DemoParams(n_train=60, n_test=20, test_digit_share=0.2, seed=3)
 
 
 @dataclasses.dataclass
@@ -42,9 +42,8 @@ def digits_once() -> Any:
         yield
 
 
-@pytest.fixture(scope="module")
-def gen(tmp_path_factory: pytest.TempPathFactory) -> Generated:
-    """Generate once, recording which of the 5000 digits each canvas uses (found by their pixels)."""
+def generate_recorded(p: DemoParams, root: Path) -> Generated:
+    """Generate, recording which of the 5000 digits each canvas uses (found by their pixels)."""
     images, labels = demo.load_digits()
     lookup: dict[bytes, list[int]] = {}
     for i, d in enumerate(images):
@@ -57,11 +56,25 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Generated:
         calls.append(([lookup[d.tobytes()] for d in digits], list(positions)))  # type: ignore[misc]
         return real(digits, positions, h, w)
 
-    root = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "render_canvas", spy)
-        counts = demo.generate_demo(P, root / "competition", root / "truth")
+        counts = demo.generate_demo(p, root / "competition", root / "truth")
     return Generated(root / "competition", root / "truth", counts, calls, images, labels)
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory: pytest.TempPathFactory) -> Generated:
+    return generate_recorded(P, tmp_path_factory.mktemp("demo"))
+
+
+def pasted_more_than_once(g: Generated, canvases: slice) -> int:
+    """How many pasted digits (by pixel content) are also pasted on another canvas of ``canvases``."""
+    per_canvas = [[g.images[idx[0]].tobytes() for idx in digits] for digits, _ in g.calls[canvases]]
+    canvases_of: dict[bytes, int] = {}
+    for digits in per_canvas:
+        for d in set(digits):
+            canvases_of[d] = canvases_of.get(d, 0) + 1
+    return sum(1 for digits in per_canvas for d in digits if canvases_of[d] > 1)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -218,3 +231,63 @@ def test_bad_demo_params_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="smaller than"):
         demo.generate_demo(dataclasses.replace(P, height=20), tmp_path / "c", tmp_path / "t")
     assert not (tmp_path / "c").exists()
+
+
+def test_no_digit_is_pasted_on_two_test_canvases(gen: Generated, tmp_path: Path) -> None:
+    assert pasted_more_than_once(gen, slice(60, None)) == 0
+    assert all(len({tuple(idx) for idx in digits}) == len(digits) for digits, _ in gen.calls)  # nor twice on one
+    # A test pool used up to its last digit: 333 canvases of exactly 3 digits take 999 of the 1000 test digits.
+    # Drawn with replacement per canvas, as the train canvases are, about a third of them would repeat.
+    full = dataclasses.replace(P, n_train=3, n_test=333, min_digits=3, max_digits=3)
+    g = generate_recorded(full, tmp_path)
+    test_digits = [idx[0] for digits, _ in g.calls[3:] for idx in digits]
+    assert len(test_digits) == 999 and len(set(test_digits)) == 999
+    assert pasted_more_than_once(g, slice(3, None)) == 0
+    train_pool, test_pool = demo.split_pools(g.labels, full.test_digit_share, full.seed)
+    assert set(test_digits) < set(test_pool)
+    # train canvases may share digits: the check would see it (3 canvases of 3 digits from a pool of 4000 rarely do,
+    # so count on a hand-made record instead)
+    fake = dataclasses.replace(g, calls=[([[7], [8]], []), ([[8]], []), ([[9]], [])])
+    assert pasted_more_than_once(fake, slice(None)) == 2
+
+
+def test_the_default_demo_can_paste_each_test_digit_once() -> None:
+    d = DemoParams()
+    _, labels = demo.load_digits()
+    train_pool, test_pool = demo.split_pools(labels, d.test_digit_share, d.seed)
+    assert d.n_test * d.max_digits <= len(test_pool) == round(5000 * d.test_digit_share)
+    demo.check_pools(d, len(train_pool), len(test_pool))  # what generate_demo checks: it passes
+
+
+def test_too_many_test_canvases_for_the_pool_is_a_one_line_error(tmp_path: Path) -> None:
+    crowded = dataclasses.replace(P, n_test=334)  # 334 x 3 = 1002 > 1000 test digits
+    with pytest.raises(UserError) as e:
+        demo.generate_demo(crowded, tmp_path / "c", tmp_path / "t")
+    msg = str(e.value)
+    assert "\n" not in msg and "334 test canvases of up to 3 digits need 1002 distinct test digits" in msg
+    assert "demo.test_digit_share 0.2 keeps 1000" in msg and "demo.n_test to 333 or less" in msg
+    assert not (tmp_path / "c").exists()
+    demo.check_pools(dataclasses.replace(P, n_test=333), 4000, 1000)  # 999: fits
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("n_train: -5", "demo.n_train is -5; it must be 1 or more"),
+        ("n_train: 0", "demo.n_train is 0; it must be 1 or more"),
+        ("n_test: -1", "demo.n_test is -1; it must be 0 or more"),
+        ("test_digit_share: 1.5", "demo.test_digit_share is 1.5; it must be between 0 and 1"),
+        ("test_digit_share: 0", "demo.test_digit_share is 0.0; it must be between 0 and 1"),
+    ],
+)
+def test_bad_demo_sizes_are_one_line_errors_at_load_time(tmp_path: Path, section: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(f"demo:\n  {section}\n")
+    with pytest.raises(UserError) as e:
+        load_params(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_test_pool_too_small_for_every_class_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"demo.test_digit_share 0.001: .*number of classes"):
+        demo.generate_demo(dataclasses.replace(P, test_digit_share=0.001, n_test=0), tmp_path / "c", tmp_path / "t")

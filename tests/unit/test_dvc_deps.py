@@ -4,13 +4,16 @@ A stage whose command is ``python -m stages.X`` (or ``python -m pipeline.X``, or
 module; its import closure, restricted to the project's own packages, is found by reading ``import`` statements
 with ``ast`` (including imports inside functions, relative imports and literal ``importlib.import_module`` calls;
 imports under ``if TYPE_CHECKING:`` are skipped because they never run). A missing dep means editing that module
-never re-runs the stage; an extra one means it re-runs for nothing. Output paths must agree with ``Layout``.
+never re-runs the stage; an extra one means it re-runs for nothing. Output paths must agree with ``Layout``. The
+closure is :func:`pipeline.closure.import_closure`, the same one training hashes into its resume fingerprint.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,10 @@ import pytest
 import yaml
 from helpers import REPO
 
+from pipeline import closure
+from pipeline.closure import OWN_PACKAGES
+from pipeline.config import InferParams, Params
 from pipeline.paths import Layout
-
-OWN_PACKAGES = ("pipeline", "stages")  # [tool.setuptools.packages.find] include in pyproject.toml
 
 
 def load_stages() -> dict[str, dict[str, Any]]:
@@ -52,87 +56,10 @@ def entry_modules(stage: dict[str, Any]) -> list[str]:
     return [m for m in found if m.split(".")[0] in OWN_PACKAGES]
 
 
-def module_file(name: str) -> Path | None:
-    base = REPO.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-class _Imports(ast.NodeVisitor):
-    def __init__(self, module: str, is_package: bool) -> None:
-        self.module, self.is_package = module, is_package
-        self.names: set[str] = set()
-
-    def visit_If(self, node: ast.If) -> None:  # noqa: N802 - ast.NodeVisitor's naming
-        test = node.test
-        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-        ):
-            for child in node.orelse:
-                self.visit(child)
-            return
-        self.generic_visit(node)
-
-    def visit_Import(self, node: ast.Import) -> None:  # noqa: N802
-        self.names.update(alias.name for alias in node.names)
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:  # noqa: N802
-        if node.level:
-            package = self.module.split(".") if self.is_package else self.module.split(".")[:-1]
-            package = package[: len(package) - (node.level - 1)]
-            base = ".".join(package + ([node.module] if node.module else []))
-        else:
-            base = node.module or ""
-        self.names.add(base)
-        # `from pipeline.data import coco` imports the submodule pipeline.data.coco
-        self.names.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}"))
-
-    def visit_Call(self, node: ast.Call) -> None:  # noqa: N802
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if name == "import_module" and node.args and isinstance(node.args[0], ast.Constant):
-            if isinstance(node.args[0].value, str):
-                self.names.add(node.args[0].value)
-        self.generic_visit(node)
-
-
-def _is_trivial(path: Path) -> bool:
-    """An ``__init__.py`` with nothing but a docstring: importing it runs nothing, so it need not be a dep."""
-    body = ast.parse(path.read_text()).body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    return not body
-
-
 def import_closure(entry: str) -> set[str]:
     """Repo-relative paths of the project files that running module ``entry`` executes."""
-    todo, seen, problems = [entry], set(), []
-    files: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        path = module_file(name)
-        if path is None:
-            problems.append(name)
-            continue
-        if not (path.name == "__init__.py" and _is_trivial(path)):
-            files.add(path.relative_to(REPO).as_posix())
-        visitor = _Imports(module_name(path), path.name == "__init__.py")
-        visitor.visit(ast.parse(path.read_text(), filename=str(path)))
-        todo.extend(n for n in visitor.names if n.split(".")[0] in OWN_PACKAGES)
-    assert not problems, f"{entry} imports project modules that have no file: {sorted(problems)}"
+    files, missing = closure.import_closure(entry, REPO)
+    assert not missing, f"{entry} imports project modules that have no file: {missing}"
     return files
 
 
@@ -147,11 +74,11 @@ def test_the_foundation_stages_are_checked() -> None:
 @pytest.mark.parametrize("name", PYTHON_STAGES)
 def test_py_deps_equal_the_import_closure(name: str) -> None:
     stage = STAGES[name]
-    closure: set[str] = set()
+    files: set[str] = set()
     for entry in entry_modules(stage):
-        closure |= import_closure(entry)
+        files |= import_closure(entry)
     deps = {d for d in stage_body(stage).get("deps", []) if isinstance(d, str) and d.endswith(".py")}
-    missing, extra = sorted(closure - deps), sorted(deps - closure)
+    missing, extra = sorted(files - deps), sorted(deps - files)
     fixes = [f"add to deps {missing} (imported: editing them must re-run the stage)"] if missing else []
     fixes += [f"remove from deps {extra} (not imported)"] if extra else []
     assert not fixes, f"dvc.yaml stage {name!r}: " + "; ".join(fixes)
@@ -165,7 +92,7 @@ def test_the_closure_follows_what_it_should() -> None:
         "def f():\n    from . import coco\n    from ..io import x\n    import importlib\n"
         "    importlib.import_module('pipeline.paths')\nif TYPE_CHECKING:\n    import pipeline.config\n"
     )
-    visitor = _Imports("pipeline.data.masks", is_package=False)
+    visitor = closure.Imports("pipeline.data.masks", is_package=False, root=REPO)
     visitor.visit(tree)
     assert {"pipeline.data.coco", "pipeline.io", "pipeline.paths"} <= visitor.names
     assert "pipeline.config" not in visitor.names
@@ -184,6 +111,13 @@ def out_paths(stage: dict[str, Any]) -> set[str]:
 LAYOUT_OUTS = {
     "masks": lambda lay: [lay.masks_dir, lay.classes_json, lay.train_index, lay.mask_summary, lay.timing_path("masks")],
     "folds": lambda lay: [lay.folds_csv, lay.timing_path("folds")],
+    "infer": lambda lay: [
+        Path(InferParams().output),
+        lay.ledger,
+        lay.reports_dir / "overlays",
+        lay.infer_json,
+        lay.leaderboard_json,
+    ],
 }
 
 
@@ -208,3 +142,295 @@ def test_stages_read_upstream_outputs_as_deps() -> None:
     # folds reads what masks writes; DVC only orders the stages if folds lists them as deps.
     deps = set(stage_body(STAGES["folds"])["deps"])
     assert {Layout().train_index.as_posix(), Layout().classes_json.as_posix()} <= deps
+    # infer reads the competition folder (test.json, images, the optional sample submission) and the held-back
+    # truth; report reads the local leaderboard infer writes
+    assert {"${data.root}", "${data.truth_dir}"} <= set(stage_body(STAGES["infer"])["deps"])
+    assert Layout().leaderboard_json.as_posix() in stage_body(STAGES["report"])["deps"]
+    # the ledger gains a row per run: DVC must not delete it before the stage runs
+    ledger = next(
+        o for o in stage_body(STAGES["infer"])["outs"] if isinstance(o, dict) and Layout().ledger.as_posix() in o
+    )
+    assert ledger[Layout().ledger.as_posix()] == {"cache": False, "persist": True}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Honest params: each stage's `params:` are the params.yaml keys its code reads
+#
+# Read statically over the stage's import closure, from the functions its entry module can reach (a name resolves
+# through the module's own definitions and imports; ``obj.method`` reaches every method of that name in the closure;
+# reaching a class reaches all its methods, since Python calls some implicitly). Within those functions a variable
+# holds a params section when it is annotated with the section's class (``p: InferParams``), or assigned from one
+# (``p = params.infer``, ``getattr(params, "pseudo")``, ``dataclasses.replace(p, ...)``, ``load_params(...)``); each
+# ``<section>.<key>`` attribute read on it is a read of that key. Everything comes from ``pipeline.config.Params``,
+# so a key or section added there (or read by new code) is checked without editing this test.
+
+ROOT = "<params>"  # the kind of a whole Params object
+_HINTS = typing.get_type_hints(Params)
+SECTION_OF_CLASS = {tp.__name__: name for name, tp in _HINTS.items() if dataclasses.is_dataclass(tp)}
+SECTION_KEYS = {
+    name: {f.name for f in dataclasses.fields(tp)} for name, tp in _HINTS.items() if dataclasses.is_dataclass(tp)
+}
+TOP_KEYS = {name for name, tp in _HINTS.items() if not dataclasses.is_dataclass(tp)}  # top-level keys, no section
+
+
+@dataclasses.dataclass
+class _Module:
+    name: str
+    tree: ast.Module
+    defs: dict[str, ast.AST]  # top-level functions and classes
+    imports: dict[str, tuple[str, str | None]]  # local name -> (module, attribute or None for the module itself)
+
+
+def _parse_closure(entry: str) -> dict[str, _Module]:
+    modules = {}
+    for rel in import_closure(entry):
+        path = REPO / rel
+        name = closure.module_name(path, REPO)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        imports: dict[str, tuple[str, str | None]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    imports[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0], None)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    local = a.asname or a.name
+                    imports[local] = (sub, None) if closure.module_file(sub, REPO) else (node.module, a.name)
+        modules[name] = _Module(name, tree, defs, imports)
+    return modules
+
+
+def _reachable(entry: str, modules: dict[str, _Module]) -> list[tuple[_Module, ast.AST]]:
+    """The function and class nodes that running ``entry`` can reach, with their modules."""
+    methods: dict[str, list[tuple[_Module, ast.AST]]] = {}
+    for m in modules.values():
+        for node in m.defs.values():
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        methods.setdefault(item.name, []).append((m, node))
+
+    def lookup(m: _Module, name: str) -> list[tuple[_Module, ast.AST]]:
+        if name in m.defs:
+            return [(m, m.defs[name])]
+        target = m.imports.get(name)
+        if target and target[1] is not None and target[0] in modules:
+            return lookup(modules[target[0]], target[1])
+        return []
+
+    start = modules[entry]
+    body = ast.Module(body=[n for n in start.tree.body if n not in start.defs.values()], type_ignores=[])
+    todo, seen, found = [(start, body)], set(), []
+    while todo:
+        m, node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.append((m, node))
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name):
+                todo.extend(lookup(m, sub.id))
+            elif isinstance(sub, ast.Attribute):
+                base = sub.value
+                if isinstance(base, ast.Name) and m.imports.get(base.id, ("", ""))[1] is None:
+                    mod = m.imports.get(base.id, ("", ""))[0]
+                    if mod in modules:
+                        todo.extend(lookup(modules[mod], sub.attr))
+                todo.extend(methods.get(sub.attr, []))
+    return found
+
+
+def _annotation_kind(ann: ast.AST | None) -> str | None:
+    """ROOT, a section name, or None for an annotation such as ``InferParams | None`` (or its string form)."""
+    for sub in ast.walk(ann) if ann is not None else ():
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value.isidentifier() is False:
+            try:  # a quoted annotation ("InferParams | None"); other strings (Literal values) are not types
+                kind = _annotation_kind(ast.parse(sub.value, mode="eval"))
+            except SyntaxError:
+                kind = None
+            if kind is not None:
+                return kind
+        if isinstance(sub, ast.Constant) and sub.value in ("Params", *SECTION_OF_CLASS):
+            return ROOT if sub.value == "Params" else SECTION_OF_CLASS[sub.value]
+        name = sub.id if isinstance(sub, ast.Name) else sub.attr if isinstance(sub, ast.Attribute) else None
+        if name == "Params":
+            return ROOT
+        if name in SECTION_OF_CLASS:
+            return SECTION_OF_CLASS[name]
+    return None
+
+
+def _getattr_name(node: ast.AST) -> tuple[ast.AST, str] | None:
+    """``getattr(x, "name", ...)`` -> (x, "name")."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
+        if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            return node.args[0], node.args[1].value
+    return None
+
+
+def _kind(node: ast.AST, env: dict[str, str]) -> str | None:
+    """Whether ``node`` evaluates to the whole params (ROOT), one section (its name), or neither (None)."""
+    if isinstance(node, ast.Name):
+        return env.get(node.id)
+    pair = _getattr_name(node)
+    if pair or isinstance(node, ast.Attribute):
+        base, attr = pair if pair else (node.value, node.attr)  # type: ignore[union-attr]
+        return attr if _kind(base, env) == ROOT and attr in SECTION_KEYS else None
+    if isinstance(node, ast.Call):
+        func = node.func
+        fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if fname == "load_params":
+            return ROOT
+        if fname == "replace" and node.args:
+            return _kind(node.args[0], env)
+    if isinstance(node, ast.IfExp):
+        return _kind(node.body, env) or _kind(node.orelse, env)
+    if isinstance(node, ast.BoolOp):
+        return next((k for k in (_kind(v, env) for v in node.values) if k), None)
+    return None
+
+
+def _reads(node: ast.AST) -> set[str]:
+    """The params keys one function (with its nested functions) reads: ``section.key``, a top-level key, or a whole
+    section (``to_dict(params.demo)``) as its bare name."""
+    env: dict[str, str] = {}
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = sub.args
+            for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+                if (k := _annotation_kind(a.annotation)) is not None:
+                    env[a.arg] = k
+    for _ in range(3):  # assignments in any order: a few passes reach the fixed point
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Assign):
+                if (k := _kind(sub.value, env)) is not None:
+                    env.update({t.id: k for t in sub.targets if isinstance(t, ast.Name)})
+            elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
+                k = _annotation_kind(sub.annotation) or (_kind(sub.value, env) if sub.value else None)
+                if k is not None:
+                    env[sub.target.id] = k
+    reads: set[str] = set()
+    for sub in ast.walk(node):
+        pair = _getattr_name(sub) or ((sub.value, sub.attr) if isinstance(sub, ast.Attribute) else None)
+        if pair:
+            kind = _kind(pair[0], env)
+            if kind == ROOT and pair[1] in TOP_KEYS:
+                reads.add(pair[1])
+            elif kind in SECTION_KEYS and pair[1] in SECTION_KEYS[kind]:
+                reads.add(f"{kind}.{pair[1]}")
+        if isinstance(sub, ast.Call) and sub.args:
+            func = sub.func
+            fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if fname in ("to_dict", "asdict", "astuple", "vars"):  # every key of what it is given
+                kind = _kind(sub.args[0], env)
+                reads |= set(SECTION_KEYS) | TOP_KEYS if kind == ROOT else {kind} if kind else set()
+    return reads
+
+
+def param_reads(entry: str) -> set[str]:
+    """The params keys that running module ``entry`` can read."""
+    modules = _parse_closure(entry)
+    reads: set[str] = set()
+    for _, node in _reachable(entry, modules):
+        reads |= _reads(node)
+    return reads
+
+
+def declared_params(stage: dict[str, Any]) -> list[str]:
+    items = stage_body(stage).get("params", []) or []
+    assert all(isinstance(i, str) for i in items), "params from another file: this check reads params.yaml keys only"
+    return items
+
+
+def _covered(read: str, declared: set[str]) -> bool:
+    return read in declared or ("." in read and read.split(".")[0] in declared)
+
+
+# Keys the code of a stage can read but that stage never does, each with the reason (checked to be needed).
+NOT_READ_BY = {
+    "train": (
+        {"pseudo.rounds", "pseudo.source", "pseudo.epochs", "pseudo.lr_scale", "pseudo.init_from_previous"},
+        "round 1: train_round returns train_fold's result before reading any pseudo key, and training_round_runs is "
+        "true for round 1 without reading pseudo.rounds",
+    ),
+}
+
+
+def stage_reads(name: str) -> set[str]:
+    reads: set[str] = set()
+    for entry in entry_modules(STAGES[name]):
+        reads |= param_reads(entry)
+    return reads - NOT_READ_BY.get(name, (set(), ""))[0]
+
+
+def param_fixes(name: str, reads: set[str], declared_list: list[str]) -> list[str]:
+    """What to change in the stage's ``params:`` (empty when they match what the code reads)."""
+    declared = set(declared_list)
+    valid = set(SECTION_KEYS) | TOP_KEYS | {f"{s}.{k}" for s, keys in SECTION_KEYS.items() for k in keys}
+    unknown = sorted(declared - valid)
+    missing = sorted(r for r in reads if not _covered(r, declared))
+    extra = sorted(d for d in declared - set(unknown) if not any(r == d or r.startswith(f"{d}.") for r in reads))
+    fixes = [f"remove {unknown} from params (no such key in pipeline.config.Params)"] if unknown else []
+    fixes += [f"add to params {missing} (the stage's code reads them)"] if missing else []
+    fixes += [f"remove from params {extra} (the stage's code never reads them)"] if extra else []
+    return fixes
+
+
+@pytest.mark.parametrize("name", PYTHON_STAGES)
+def test_params_equal_the_keys_the_code_reads(name: str) -> None:
+    fixes = param_fixes(name, stage_reads(name), declared_params(STAGES[name]))
+    assert not fixes, f"dvc.yaml stage {name!r}: " + "; ".join(fixes)
+
+
+def test_every_exemption_is_needed() -> None:
+    for name, (keys, _why) in NOT_READ_BY.items():
+        reads: set[str] = set()
+        for entry in entry_modules(STAGES[name]):
+            reads |= param_reads(entry)
+        assert keys <= reads, f"NOT_READ_BY[{name!r}]: {sorted(keys - reads)} are not read anyway; drop them"
+        assert not keys & {k for k in declared_params(STAGES[name]) if "." in k}, "an exempt key is declared"
+
+
+def test_the_param_check_catches_a_missing_and_a_needless_key() -> None:
+    # The real train and report stages: drop one key they read, add one they never read.
+    declared = declared_params(STAGES["train"])
+    assert "train.epochs" in declared
+    fixes = param_fixes("train", stage_reads("train"), [d for d in declared if d != "train.epochs"] + ["folds.k"])
+    assert fixes == [
+        "add to params ['train.epochs'] (the stage's code reads them)",
+        "remove from params ['folds.k'] (the stage's code never reads them)",
+    ]
+    assert param_fixes("report", stage_reads("report"), [*declared_params(STAGES["report"]), "train.nope"]) == [
+        "remove ['train.nope'] from params (no such key in pipeline.config.Params)"
+    ]
+    # a whole section covers its keys
+    assert param_fixes("demo", {"demo.n_train", "demo.seed"}, ["demo"]) == []
+
+
+def test_the_reader_follows_sections_through_names_and_calls() -> None:
+    tree = ast.parse(
+        "def f(params: Params, data: DataParams, q: 'InferParams | None' = None):\n"
+        "    p = params.infer\n"
+        "    p = dataclasses.replace(p, tta='none')\n"
+        "    ps = getattr(params, 'pseudo', None)\n"
+        "    x = (p.tta, ps.rounds, data.root, params.train.folds, q.space, getattr(ps, 'epochs', 0))\n"
+        "    fresh = load_params('x.yaml')\n"
+        "    y = fresh.masks.workers + len(to_dict(fresh.demo))\n"
+        "    p.not_a_key, params.train.upper()\n"
+        "    other.infer.tta\n"
+    )
+    assert _reads(tree) == {
+        "infer.tta",
+        "pseudo.rounds",
+        "data.root",
+        "train.folds",
+        "infer.space",
+        "pseudo.epochs",
+        "masks.workers",
+        "demo",
+    }
+    # reached: what main calls, through imports; not reached: a function nothing calls
+    assert "data.truth_dir" in param_reads("stages.infer")  # run_ensemble's local leaderboard
+    assert "data.truth_dir" not in param_reads("stages.pseudo")  # only pipeline.leaderboard.main reads it there

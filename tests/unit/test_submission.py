@@ -460,7 +460,7 @@ def test_ledger_creates_then_appends(tmp_path: Path) -> None:
             "file": "a.csv",
             "time": "t1",
             "models": ["unet", "fpn"],
-            "folds": [0, 1],
+            "members": [0, 1],
             "ensemble_weights": {"unet": 0.5},
             "oof_miou": 0.71,
             "tta": True,
