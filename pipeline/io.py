@@ -397,3 +397,8 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def digest_set(paths: Sequence[Path]) -> dict[str, str]:
+    """``{name: sha256}`` of files and folders that were written as one set (a record the reader can check)."""
+    return {p.name: tree_digest(p) if p.is_dir() else file_digest(p) for p in paths}
