@@ -179,6 +179,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
 
 
+def _short(v: float) -> str:
+    """A coordinate for a message: ``1e+12``, ``3.5``; a 400-digit integer as its first digits and length."""
+    if isinstance(v, int) and abs(v) >= 10**15:
+        text = str(v)
+        return f"{text[:6]}...({len(text)} digits)"
+    return f"{v:g}"
+
+
 def _refuse_shared_files(
     images: dict[int, CocoImage], positions: dict[int, int], duplicated: set[int], problem: _Problems
 ) -> None:
@@ -193,11 +201,12 @@ def _refuse_shared_files(
     for name, ids in by_file.items():
         if len(ids) < 2:
             continue
+        names = {o: images[o].file_name for o in ids}
         for image_id in ids:
-            others = ", ".join(f"{images[o].file_name!r} (id {o})" for o in ids if o != image_id)
+            others = ", ".join(f"{names[o]!r} (id {o})" for o in ids if o != image_id)
             problem(
                 f"images[{positions[image_id]}] (id {image_id})",
-                f"file_name {images[image_id].file_name!r} is the file {name!r} that {others} names too: one image "
+                f"file_name {names[image_id]!r} is the file {name!r} that {others} names too: one image "
                 "under two ids gets two labels and can sit in two folds; keep one entry",
                 "image file under two ids",
             )
@@ -275,9 +284,9 @@ def check_segmentation(seg: Any, height: int, width: int) -> str | None:
             for x, y in zip(poly[0::2], poly[1::2], strict=True):
                 if not (-width <= x <= 2 * width and -height <= y <= 2 * height):
                     return (
-                        f"polygon {j} has the point ({x:g}, {y:g}) far outside the {height}x{width} image (points "
-                        f"may lie in x [{-width}, {2 * width}], y [{-height}, {2 * height}] and are clipped to the "
-                        "image); fix its coordinates (pixels of this image, x first)"
+                        f"polygon {j} has the point ({_short(x)}, {_short(y)}) far outside the {height}x{width} "
+                        f"image (points may lie in x [{-width}, {2 * width}], y [{-height}, {2 * height}] and are "
+                        "clipped to the image); fix its coordinates (pixels of this image, x first)"
                     )
         return None
     if isinstance(seg, dict):
