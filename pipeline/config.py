@@ -121,15 +121,51 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateYamlKey(key, first, line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateYamlKey(Exception):
+    def __init__(self, key: Any, first: int, line: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.line = key, first, line
+
+
 def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Read YAML safely (no Python objects); a key or section given twice is an error naming it and its lines."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateYamlKey as e:
+        raise UserError(
+            f"{path}: line {e.line}: key {e.key!r} is given twice in one section (first on line {e.first}; YAML "
+            "would keep only the last); merge the two into one"
+        ) from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: byte {e.start}: not UTF-8 text") from None
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply to read") from None
 
 
 # --------------------------------------------------------------------------------------------------------------

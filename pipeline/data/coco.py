@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import posixpath
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 
 from pipeline.errors import DataError, UserError
-from pipeline.io import read_json, safe_join
+from pipeline.io import read_json, safe_join, upright_size
 
 IGNORE = 255
 
@@ -89,12 +90,15 @@ def load_coco(
             raise DataError(path, "top level", f"missing key {key!r}")
         if not isinstance(data[key], list):
             raise DataError(path, key, f"expected a list, got {type(data[key]).__name__}")
+    if not isinstance(data.get("annotations", []), list):
+        raise DataError(path, "annotations", f"expected a list, got {type(data['annotations']).__name__}")
     problem = _Problems(path, on_error)
 
     categories = _load_categories(path, data["categories"])
     by_coco_id = {c.coco_id: c for c in categories}
 
     images: dict[int, CocoImage] = {}
+    positions: dict[int, int] = {}  # image id -> its index in the images list
     duplicated: set[int] = set()
     for i, im in enumerate(data["images"]):
         entry = f"images[{i}]" + (f" (id {im.get('id')!r})" if isinstance(im, dict) else "")
@@ -120,15 +124,31 @@ def load_coco(
                 problem.counts["duplicate image id"] += 1
             duplicated.add(im["id"])
             continue
-        if not isinstance(im["file_name"], str) or not im["file_name"]:
-            problem(entry, "file_name must be a non-empty string", "bad image entry")
+        if not isinstance(im["file_name"], str) or not im["file_name"] or "\0" in im["file_name"]:
+            problem(entry, "file_name must be a non-empty string (without NUL characters)", "bad image entry")
             continue
         images[im["id"]] = CocoImage(im["id"], im["file_name"], int(im["height"]), int(im["width"]))
+        positions[im["id"]] = i
+    _refuse_shared_files(images, positions, duplicated, problem)
 
-    for i, ann in enumerate(data.get("annotations") or []):
+    annotations = data.get("annotations") or []
+    ann_ids = Counter(a["id"] for a in annotations if isinstance(a, dict) and _is_int(a.get("id")))
+    for i, ann in enumerate(annotations):
         entry = f"annotations[{i}]" + (f" (id {ann.get('id')!r})" if isinstance(ann, dict) else "")
         if not isinstance(ann, dict):
             problem(entry, "expected an object", "bad annotation")
+            continue
+        if _is_int(ann.get("id")) and ann_ids[ann["id"]] > 1:
+            # Painting order breaks ties by id, and a person fixing one of them must know there are two: both go.
+            problem(
+                entry,
+                f"annotation id {ann['id']} is used {ann_ids[ann['id']]} times; give each its own id",
+                "duplicate annotation id",
+            )
+            continue
+        reason = check_annotation_fields(ann)
+        if reason:
+            problem(entry, reason, "bad annotation")
             continue
         image_id, category_id = ann.get("image_id"), ann.get("category_id")
         if _is_int(image_id) and image_id in duplicated:
@@ -154,18 +174,71 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _short(v: float) -> str:
+    """A coordinate for a message: ``1e+12``, ``3.5``; a 400-digit integer as its first digits and length."""
+    if isinstance(v, int) and abs(v) >= 10**15:
+        text = str(v)
+        return f"{text[:6]}...({len(text)} digits)"
+    return f"{v:g}"
+
+
+def _refuse_shared_files(
+    images: dict[int, CocoImage], positions: dict[int, int], duplicated: set[int], problem: _Problems
+) -> None:
+    """Two image ids on one file (``a.png`` and ``./a.png``) would give it two labels and two folds: a leak.
+
+    Names are compared normalised (``posixpath.normpath``: ``./``, ``//`` and ``x/../`` removed). Every image on a
+    shared file is dropped (in skip mode), with its annotations: which id is right is unknowable.
+    """
+    by_file: dict[str, list[int]] = {}
+    for image_id, im in images.items():
+        by_file.setdefault(posixpath.normpath(im.file_name), []).append(image_id)
+    for name, ids in by_file.items():
+        if len(ids) < 2:
+            continue
+        names = {o: images[o].file_name for o in ids}
+        for image_id in ids:
+            others = ", ".join(f"{names[o]!r} (id {o})" for o in ids if o != image_id)
+            problem(
+                f"images[{positions[image_id]}] (id {image_id})",
+                f"file_name {names[image_id]!r} is the file {name!r} that {others} names too: one image "
+                "under two ids gets two labels and can sit in two folds; keep one entry",
+                "image file under two ids",
+            )
+            duplicated.add(image_id)
+            del images[image_id]
 
 
 def _load_categories(path: Path, raw: list[Any]) -> list[Category]:
     seen: set[int] = set()
+    names: dict[str, int] = {}
     cats = []
     for i, c in enumerate(raw):
         if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
             raise DataError(path, f"categories[{i}]", "a category needs an integer id and a string name")
         if c["id"] in seen:
             raise DataError(path, f"categories[{i}]", f"duplicate category id {c['id']}")
+        if c["id"] <= 0:
+            raise DataError(
+                path,
+                f"categories[{i}] ({c['name']!r})",
+                f"category id {c['id']}: COCO category ids start at 1 (class index 0 is the background, which is "
+                "never a category); renumber the categories and their annotations' category_id",
+            )
+        if c["name"] in names:
+            raise DataError(
+                path,
+                f"categories[{i}] (id {c['id']})",
+                f"category name {c['name']!r} is also category id {names[c['name']]}: a submission names classes, "
+                "so two classes cannot share a name; rename one (or merge them into one id)",
+            )
         seen.add(c["id"])
+        names[c["name"]] = c["id"]
         cats.append(c)
     if not cats:
         raise DataError(path, "categories", "no categories")
@@ -175,8 +248,29 @@ def _load_categories(path: Path, raw: list[Any]) -> list[Category]:
     return [Category(i + 1, c["name"], c["id"]) for i, c in enumerate(cats)]
 
 
+def check_annotation_fields(ann: dict[str, Any]) -> str | None:
+    """Why the fields beside the segmentation are wrong (``iscrowd``, ``bbox``), or None when they are fine."""
+    crowd = ann.get("iscrowd", 0)
+    if not (crowd in (0, 1) and isinstance(crowd, (int, bool))):
+        # "0" is truthy: pycocotools would paint the object as a crowd (ignore) region.
+        return f"iscrowd must be 0 or 1, got {crowd!r}"
+    if "bbox" in ann:
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            return f"bbox must be [x, y, width, height] of 4 finite numbers, got {box!r}"
+        if box[2] <= 0 or box[3] <= 0:
+            return f"bbox {box} has a {'negative' if min(box[2], box[3]) < 0 else 'zero'} width or height"
+    return None
+
+
 def check_segmentation(seg: Any, height: int, width: int) -> str | None:
-    """Why ``seg`` is not a valid COCO segmentation for an image of this size, or None when it is."""
+    """Why ``seg`` is not a valid COCO segmentation for an image of this size, or None when it is.
+
+    Polygon points may lie outside the image by up to the image's own size (pycocotools clips them to the image,
+    as COCO does); further out they are an error: they are not plausible annotations (a unit mix-up, corrupt
+    numbers), and pycocotools rasterises the outline at 5 times the resolution, so 1e7 costs 1.5 GiB for one
+    polygon and 1e8 crashes it.
+    """
     if isinstance(seg, list):
         if not seg:
             return "empty polygon list"
@@ -187,11 +281,18 @@ def check_segmentation(seg: Any, height: int, width: int) -> str | None:
                 return f"polygon {j} has an odd number of coordinates ({len(poly)})"
             if len(poly) < 6:
                 return f"polygon {j} has {len(poly) // 2} points; a polygon needs at least 3"
+            for x, y in zip(poly[0::2], poly[1::2], strict=True):
+                if not (-width <= x <= 2 * width and -height <= y <= 2 * height):
+                    return (
+                        f"polygon {j} has the point ({_short(x)}, {_short(y)}) far outside the {height}x{width} "
+                        f"image (points may lie in x [{-width}, {2 * width}], y [{-height}, {2 * height}] and are "
+                        "clipped to the image); fix its coordinates (pixels of this image, x first)"
+                    )
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2):
-            return "RLE needs size [height, width]"
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            return "RLE needs size [height, width] (two integers)"
         if list(size) != [height, width]:
             return f"RLE size {size} disagrees with the image's {height}x{width}"
         if isinstance(counts, list):
@@ -277,20 +378,33 @@ def paint_mask(
 
 
 def check_image_file(images_root: Path, image: CocoImage, json_path: Path) -> Path:
-    """Resolve the image's file under ``images_root`` and check it exists, decodes and has the declared size."""
+    """Resolve the image's file under ``images_root`` and check it exists, decodes and has the declared size.
+
+    The size compared is the upright one (after the EXIF orientation, as :func:`pipeline.io.read_image` reads it).
+    """
     entry = f"image id {image.id} ({image.file_name})"
     try:
         path = safe_join(images_root, image.file_name)
+        found = path.is_file()
     except UserError as e:
         raise DataError(json_path, entry, str(e)) from None
-    if not path.is_file():
+    except (OSError, ValueError) as e:  # a name too long for the file system, say
+        raise DataError(json_path, entry, f"file_name cannot be opened: {e}") from None
+    if not found:
         raise DataError(json_path, entry, f"image file not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()  # decode fully: a truncated file fails here, not later in training
-            w, h = im.size
-    except (OSError, SyntaxError, ValueError) as e:
+            w, h, swapped = upright_size(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(json_path, entry, f"corrupt or unreadable image {path}: {e}") from None
     if (h, w) != (image.height, image.width):
-        raise DataError(json_path, entry, f"image file is {h}x{w}, json says {image.height}x{image.width}")
+        hint = ""
+        if swapped and (w, h) == (image.height, image.width):
+            hint = (
+                f" (its EXIF orientation turns the stored {w}x{h} pixels upright to {h}x{w}; the json has the "
+                "stored size, so its annotations were probably made on the unrotated pixels: remove the file's EXIF "
+                "orientation tag, or give the upright size and annotations)"
+            )
+        raise DataError(json_path, entry, f"image file is {h}x{w}, json says {image.height}x{image.width}{hint}")
     return path

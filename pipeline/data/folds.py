@@ -15,7 +15,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from pipeline.config import FoldsParams
 from pipeline.errors import UserError
-from pipeline.io import read_json, write_csv
+from pipeline.io import digest_set, read_json, write_csv
 from pipeline.paths import Layout
 
 
@@ -69,10 +69,38 @@ def balance_table(y: np.ndarray, folds: np.ndarray, class_names: list[str]) -> s
     return "\n".join(lines)
 
 
+def check_masks_outputs(layout: Layout) -> None:
+    """Refuse masks-stage outputs that are not one set: a killed masks run can swap in its masks folder and die
+    before rewriting the index beside it (which would then list images that have no mask, or miss new ones).
+
+    The masks stage writes ``mask_summary.json`` last, with the digests of the masks folder, the index and
+    classes.json (``outputs``); they must match. A project without the summary (an index written by hand) is not
+    checked.
+    """
+    if not layout.mask_summary.is_file():
+        return
+    rerun = "re-run the masks stage (python -m stages.masks, or dvc repro masks)"
+    recorded = read_json(layout.mask_summary).get("outputs")
+    if not isinstance(recorded, dict):
+        raise UserError(f"{layout.mask_summary}: has no record of its outputs (an older version wrote it); {rerun}")
+    paths = [layout.masks_dir, layout.train_index, layout.classes_json]
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{path}: not found; {rerun}")
+    actual = digest_set(paths)
+    stale = [name for name, digest in actual.items() if recorded.get(name) != digest]
+    if stale:
+        raise UserError(
+            f"{layout.work}: {', '.join(stale)} and {layout.mask_summary.name} are not from the same masks run (one "
+            f"was interrupted between writing them, or a file was edited); {rerun}"
+        )
+
+
 def build_folds(params: FoldsParams, layout: Layout) -> tuple[pd.DataFrame, str]:
     """Read the masks stage's index, write ``folds.csv`` (image_id, file_name, fold); return it and the table."""
     if params.k < 2:
         raise UserError(f"folds.k must be at least 2, got {params.k}")
+    check_masks_outputs(layout)
     index = pd.read_csv(layout.train_index, dtype={"classes": str}, keep_default_na=False)
     classes = read_json(layout.classes_json)
     names = [c["name"] for c in classes[1:]]

@@ -1,10 +1,22 @@
 """The masks stage: a COCO competition's train split -> one PNG class mask per image, classes.json, an index and
-a per-class summary. Images are checked and painted in parallel worker processes."""
+a per-class summary. Images are checked and painted in parallel worker processes.
+
+Kill-safety: the masks folder is swapped in whole (:func:`pipeline.io.atomic_dir`), then classes.json, the index
+and last the summary are written, each atomically. A kill between those steps leaves new masks beside an old index;
+so the summary records the digests of the other three (``outputs``), and the folds stage
+(:func:`pipeline.data.folds.check_masks_outputs`) refuses a set that does not match. Workers die with the main
+process, and the temp files and folders of a killed run are removed by the next one.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -16,7 +28,7 @@ from tqdm import tqdm
 from pipeline.config import DataParams, MasksParams
 from pipeline.data.coco import Category, CocoImage, check_image_file, load_coco, paint_mask
 from pipeline.errors import DataError, UserError
-from pipeline.io import atomic_dir, write_csv, write_json, write_png
+from pipeline.io import atomic_dir, clean_stale_tmp, digest_set, write_csv, write_json, write_png
 from pipeline.paths import Layout
 
 
@@ -32,6 +44,27 @@ def _paint_one(job: tuple[Any, ...]) -> tuple[int, np.ndarray | None, str | None
         return image.id, None, str(e)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker must not outlive the main process (a ``kill -9`` of it used to leave the workers
+    painting on, reparented). Linux: the kernel kills the worker when its parent dies (``PR_SET_PDEATHSIG``);
+    everywhere: a thread that exits when the parent changes."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[str, Any]:
     """Convert ``data.root/data.train_json`` into masks under ``layout``; return the summary written beside them."""
     root = Path(data.root)
@@ -44,13 +77,18 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
     skipped = dict(coco.skipped)
     kept: list[CocoImage] = []
     counts: dict[int, np.ndarray] = {}
+    for path in (layout.train_index, layout.classes_json, layout.mask_summary):
+        clean_stale_tmp(path)  # a killed run's half-written temp files (atomic_dir cleans beside the masks)
     with atomic_dir(layout.masks_dir) as out_dir:
         jobs = [(im, categories, params.overlap, params.crowd, images_root, json_path, out_dir) for im in coco.images]
         by_id = {im.id: im for im in coco.images}
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         # A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (out of memory, a crash in native
         # code) the Pool silently waits forever for its lost task, the executor raises BrokenProcessPool.
-        with ProcessPoolExecutor(max(1, params.workers), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(
+            max(1, params.workers), mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool:
             results = pool.map(_paint_one, jobs, chunksize=32)
             try:
                 for image_id, hist, err in tqdm(results, total=len(jobs), desc="masks", unit="img", mininterval=1.0):
@@ -73,9 +111,9 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
     for im in kept:
         present = [str(c) for c in range(1, k + 1) if counts[im.id][c] > 0]
         rows.append([im.id, im.file_name, im.height, im.width, " ".join(present)])
-    write_csv(layout.train_index, ["image_id", "file_name", "height", "width", "classes"], rows)
     classes = coco.classes()
     write_json(layout.classes_json, classes)
+    write_csv(layout.train_index, ["image_id", "file_name", "height", "width", "classes"], rows)
     total = np.sum([counts[im.id] for im in kept], axis=0)
     presence = np.sum([counts[im.id] > 0 for im in kept], axis=0)
     summary = {
@@ -92,6 +130,8 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
             }
             for c in classes
         ],
+        # written last, it vouches for the other outputs as one set (pipeline.data.folds.check_masks_outputs)
+        "outputs": digest_set([layout.masks_dir, layout.train_index, layout.classes_json]),
     }
     write_json(layout.mask_summary, summary)
     if skipped:
