@@ -127,10 +127,9 @@ def run_ensemble(
 
     lb = score_if_truth(out, params, fmt) if images_dir is None else None  # None: no truth of this competition
     if lb is not None:
-        report["leaderboard"] = {k: lb[k] for k in ("mIoU", "mBIoU", "aAcc")}
+        report["leaderboard"] = {k: lb[k] for k in ("metric", "score", "mIoU", "mBIoU", "aAcc")}
     if write_leaderboard and images_dir is None:  # a stage output: written (as "not scored") even without truth
         write_json(layout.leaderboard_json, lb if lb is not None else {"scored": False, "reason": "no truth"})
-        print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
     append_ledger(layout.ledger, ledger_row(report, params, plan, lb))  # and the ledger
     return report
 
@@ -191,6 +190,7 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "oof_cross_fitted": "" if report.get("oof_cross_fitted") is None else report["oof_cross_fitted"],
         "fallback": "; ".join(plan.fallback),
         "lb_miou": lb["mIoU"] if lb else "",
+        "lb_score": lb["score"] if lb else "",
         "public_score": "",
     }
 

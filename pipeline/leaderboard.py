@@ -24,7 +24,7 @@ from pipeline.config import Params, load_params
 from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError, run_cli
 from pipeline.io import read_json, read_mask, write_json
-from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
+from pipeline.metrics import BoundaryIoU, ConfusionMatrix, score_matrices, summarize
 from pipeline.submission.codec import decode_frame, read_submission_csv
 from pipeline.submission.format import SubmissionFormat, submission_format
 from pipeline.submission.validate import validate_submission
@@ -46,8 +46,11 @@ def decode_submission(
     return {stem[k]: v for k, v in masks.items()}
 
 
-def score_submission(csv_path: Path, truth_dir: Path, test_json: Path, fmt: SubmissionFormat) -> dict[str, Any]:
-    """Score ``csv_path`` against ``truth_dir``; returns the summary dict (mIoU, aAcc, mBIoU, per_class, ...).
+def score_submission(
+    csv_path: Path, truth_dir: Path, test_json: Path, fmt: SubmissionFormat, metric: str = "miou"
+) -> dict[str, Any]:
+    """Score ``csv_path`` against ``truth_dir``; returns the summary dict (mIoU, aAcc, mBIoU, per_class, ...) with
+    ``metric`` (params.yaml ``metric.name``) and ``score``, the competition's metric (:func:`metrics.score_matrices`).
 
     Raises:
         UserError: the truth is not this competition's (see :mod:`pipeline.data.truth`), or the submission or a
@@ -58,14 +61,15 @@ def score_submission(csv_path: Path, truth_dir: Path, test_json: Path, fmt: Subm
         raise UserError(f"no truth for this competition: {reason}")
     classes = read_json(truth_dir / "classes.json")
     preds = decode_submission(csv_path, test_json, fmt, classes)
-    cm, biou = ConfusionMatrix(len(classes)), BoundaryIoU(len(classes))
+    cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
     for stem, pred in tqdm(preds.items(), desc="score", unit="img", mininterval=1.0, leave=False):
         truth = read_mask(truth_dir / f"{stem}.png")
         if truth.shape != pred.shape:
             raise UserError(f"{truth_dir / (stem + '.png')}: truth is {truth.shape}, prediction {pred.shape}")
         cm.update(pred, truth)
         biou.update(pred, truth)
-    return summarize(cm, [c["name"] for c in classes], boundary=biou)
+    scores = summarize(cm.matrix, [c["name"] for c in classes], boundary=biou)
+    return {"metric": metric, "score": score_matrices(metric, cm.image_matrices), **scores}
 
 
 def truth_for(params: Params, truth: str | Path | None = None) -> tuple[Path | None, str]:
@@ -85,8 +89,12 @@ def score_if_truth(
     if truth_dir is None:
         print(f"no truth for this competition: {reason}; skipping the local leaderboard")
         return None
-    lb = score_submission(Path(csv_path), truth_dir, Path(params.data.root) / params.data.test_json, fmt)
-    print(f"local leaderboard: mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, aAcc {lb['aAcc']:.5f}")
+    test_json = Path(params.data.root) / params.data.test_json
+    lb = score_submission(Path(csv_path), truth_dir, test_json, fmt, params.metric.name)
+    print(
+        f"local leaderboard: {lb['metric']} {lb['score']:.5f}, mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, "
+        f"aAcc {lb['aAcc']:.5f}"
+    )
     return lb
 
 
@@ -102,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     fmt = submission_format(params.infer.submission, args.params)
     truth = Path(args.truth or params.data.truth_dir)
     test_json = Path(args.test_json or Path(params.data.root) / params.data.test_json)
-    scores = score_submission(Path(args.submission), truth, test_json, fmt)
+    scores = score_submission(Path(args.submission), truth, test_json, fmt, params.metric.name)
     from pipeline.report import format_table
 
     print(format_table(scores))
-    print(f"mIoU {scores['mIoU']:.5f}  mBIoU {scores['mBIoU']:.5f}  aAcc {scores['aAcc']:.5f}")
+    print(
+        f"{scores['metric']} {scores['score']:.5f}  mIoU {scores['mIoU']:.5f}  mBIoU {scores['mBIoU']:.5f}  "
+        f"aAcc {scores['aAcc']:.5f}"
+    )
     if args.out:
         write_json(args.out, scores)
     return 0

@@ -190,8 +190,10 @@ def write_summary(params: Params, layout: Layout) -> str:
             "",
             "## Local leaderboard (held-back test truth)",
             "",
-            f"mIoU **{lb['mIoU']:.4f}**, mBIoU {lb['mBIoU']:.4f}, aAcc {lb['aAcc']:.4f} "
-            "(11 classes with background, dataset convention).",
+            f"`{lb.get('metric', 'miou')}` (the competition metric, params `metric.name`) "
+            f"**{lb.get('score', lb['mIoU']):.4f}**;"
+            f" mIoU {lb['mIoU']:.4f} over {len(lb['per_class'])} classes with background (dataset convention), "
+            f"mBIoU {lb['mBIoU']:.4f}, aAcc {lb['aAcc']:.4f}.",
             "",
             format_markdown(lb),
         ]

@@ -345,8 +345,8 @@ def train_fold(
     start_epoch, step, best, best_epoch, history = 0, 0, -1.0, -1, []
     last = out_dir / "last.pt"
     if last.is_file():
-        ck = load_torch(last)
-        if ck.get("fingerprint") == fp:
+        ck = load_torch(last, corrupt_ok=True)  # unreadable (half-written elsewhere, truncated): start afresh
+        if ck is not None and ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
@@ -359,7 +359,8 @@ def train_fold(
             if ddp.main:
                 print(f"resuming {model_name} fold {fold} round {round_} after epoch {start_epoch}")
         elif ddp.main:
-            print(f"{last} belongs to another config, data or training code; starting afresh")
+            if ck is not None:
+                print(f"{last} belongs to another config, data or training code; starting afresh")
 
     def write_curves() -> None:
         write_csv(

@@ -79,7 +79,7 @@ def members_from_checkpoints(paths: Sequence[str | Path]) -> list[Member]:
 
 def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelConfig, list[dict[str, Any]]]:
     """Rebuild a fold model from its checkpoint (weights_only); EMA weights when it has them."""
-    ck = load_torch(member.path)
+    ck = load_torch(member.path, required=("config", "classes"))
     cfg = from_dict(ModelConfig, ck["config"], f"{member.path}: config")
     model = build_model(cfg, len(ck["classes"]))
     model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])

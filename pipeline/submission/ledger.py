@@ -32,6 +32,7 @@ LEDGER_COLUMNS = [
     "oof_in_sample",  # the choices (TTA, temperature, weights) fitted and scored on every fold
     "oof_cross_fitted",  # fold k scored with the choices fitted without fold k: compare this one with the LB
     "fallback",  # what infer.allow_fallback let fall back without OOF (empty: nothing)
+    "lb_score",  # the local leaderboard in the competition metric (the column "metric" names it)
 ]
 
 

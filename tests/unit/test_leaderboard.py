@@ -220,7 +220,7 @@ def test_score_if_truth_scores_the_matching_truth_and_skips_any_other(tmp_path: 
     sub = write_submission(truths.items(), list(enumerate(NAMES)), tmp_path / "s.csv", fmt)
     params = _params(tmp_path, test_json.parent, truth_dir)
     assert score_if_truth(sub, params, fmt)["mIoU"] == 1.0
-    assert "local leaderboard: mIoU 1.00000" in capsys.readouterr().out
+    assert "local leaderboard: miou 1.00000, mIoU 1.00000" in capsys.readouterr().out
 
     # another competition (the demo's truth_dir default with another data.root): skipped with one line, no error
     other_json, _, _ = make_competition(tmp_path / "b", NAMES, SHAPES[:2], seed=5)
@@ -248,3 +248,33 @@ def test_the_cli_checks_an_explicit_truth(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "lb.json").read_text())["mIoU"] == 1.0
     with pytest.raises(UserError, match=r"no truth for this competition: .*competition\.json is for a test\.json"):
         main([*args, "--test-json", str(other_json)])
+
+
+def ref_image_scores(preds: dict[str, np.ndarray], truths: dict[str, np.ndarray], num_classes: int) -> dict:
+    """Per-image metrics straight from their definitions, one boolean mask per (image, class)."""
+    image_miou, dice = [], []
+    for k, t in truths.items():
+        p = preds[k]
+        ious = []
+        for c in range(num_classes):
+            inter, union = np.sum((t == c) & (p == c)), np.sum((t == c) | (p == c))
+            if union:
+                ious.append(inter / union)
+            if c > 0:  # Dice over foreground (image, class) pairs, empty vs empty = 1
+                size = np.sum(t == c) + np.sum(p == c)
+                dice.append(1.0 if size == 0 else 2 * inter / size)
+        image_miou.append(np.mean(ious))
+    return {"image_miou": float(np.mean(image_miou)), "image_dice": float(np.mean(dice))}
+
+
+@pytest.mark.parametrize("metric", ["image_miou", "image_dice"])
+def test_the_leaderboard_scores_the_competition_metric_like_the_reference(tmp_path: Path, metric: str) -> None:
+    fmt = SubmissionFormat()
+    test_json, truth_dir, truths = make_competition(tmp_path, NAMES, SHAPES)
+    preds = noisy(truths, len(NAMES))
+    preds["3"][:] = 0  # an image predicted empty: its absent classes count as empty vs empty (Dice 1) or not at all
+    sub = write_submission(preds.items(), list(enumerate(NAMES)), tmp_path / "noisy.csv", fmt)
+    lb = score_submission(sub, truth_dir, test_json, fmt, metric)
+    assert lb["metric"] == metric
+    assert lb["score"] == pytest.approx(ref_image_scores(preds, truths, len(NAMES))[metric], abs=1e-9)
+    assert lb["mIoU"] == pytest.approx(ref_miou(preds, truths, len(NAMES)), abs=1e-9)
