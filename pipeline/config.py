@@ -213,15 +213,18 @@ class InferParams:
     weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising OOF mIoU
     calibrate: bool = False  # per-model temperature fitted on OOF logits before averaging
     tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if OOF mIoU improves
-    tta_flips: list[Literal["hflip", "vflip"]] = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
-    tta_scales: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.25])  # candidates (auto)
+    # TTA candidates (auto); null: the plan's (work/plan.yaml), or these defaults without a plan
+    tta_flips: list[Literal["hflip", "vflip"]] | None = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
+    tta_scales: list[float] | None = dataclasses.field(default_factory=lambda: [0.75, 1.25])
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
     tta_select_images: int = 800  # OOF images used to choose the TTA set (0: all)
     batched_tta: bool = True  # augmented copies of one size go through the model as one batch
     batch_size: int = 64
     # sliding-window inference (pipeline.sliding): each image alone, cut into overlapping tiles that go through the
     # ensemble tile_batch at a time and are blended back at the image's size (test images, OOF and pseudo-labels)
-    sliding: bool = False  # false: whole images, batch_size at a time (each config's pad or resize policy)
+    # false: whole images, batch_size at a time (each config's pad or resize policy); null: the plan decides
+    # (work/plan.yaml: on for random crops of large images), off without a plan
+    sliding: bool | None = False
     tile: tuple[int, int] | None = None  # (H, W) of a tile; null: the model configs' input_size (they must agree)
     tile_overlap: float = 0.25  # share of the tile that neighbouring tiles overlap by, in [0, 1)
     tile_blend: Literal["gaussian", "constant"] = "gaussian"  # gaussian: nnU-Net importance map (sigma = tile/8)
@@ -235,6 +238,38 @@ class InferParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanParams:
+    """The ``plan`` stage (:mod:`pipeline.plan`): a recipe from the data's fingerprint and a measured training step.
+
+    Anything set explicitly (a non-null key in ``params.yaml``, a key present in a model config file) wins over it.
+    """
+
+    enabled: bool = False  # false: every choice is today's fixed one (the plan only records them)
+    budget_minutes: float = 20.0  # the whole training on this machine: every model, fold and round, and the probe
+    probe_steps: int = 5  # timed training steps of each candidate (after 2 untimed warm-up steps)
+    min_epochs: int = 2  # fewer would not fit: the plan shrinks the model's work (samples or size) instead
+    max_epochs: int = 100  # a larger budget than this needs is left unspent (and the plan says so)
+    fallback: str = "cnn_default"  # model config a planned config (configs/models/auto.yaml) becomes without a plan
+    cpu_models: list[str] = dataclasses.field(default_factory=lambda: ["cnn_default"])  # candidates, first that fits
+    gpu_models: list[str] = dataclasses.field(
+        default_factory=lambda: ["upernet_convnext", "upernet_swin", "upernet_beit", "cnn_default"]
+    )
+    weights_dir: str = "weights"  # local encoder weights: <weights_dir>/<encoder>.safetensors (or .pth)
+    fingerprint_images: int = 500  # masks and images read for component sizes and pixel statistics (a sample)
+    seed: int = 0  # the fingerprint's sample
+
+    def __post_init__(self) -> None:
+        if self.budget_minutes <= 0:
+            raise UserError(f"plan.budget_minutes must be above 0, got {self.budget_minutes}")
+        if self.probe_steps < 1:
+            raise UserError(f"plan.probe_steps must be 1 or more, got {self.probe_steps}")
+        if not 1 <= self.min_epochs <= self.max_epochs:
+            raise UserError(
+                f"plan.min_epochs ({self.min_epochs}) must be 1 or more and at most plan.max_epochs ({self.max_epochs})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     data: DataParams = dataclasses.field(default_factory=DataParams)
     demo: DemoParams = dataclasses.field(default_factory=DemoParams)
@@ -243,6 +278,7 @@ class Params:
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     pseudo: PseudoParams = dataclasses.field(default_factory=PseudoParams)
     infer: InferParams = dataclasses.field(default_factory=InferParams)
+    plan: PlanParams = dataclasses.field(default_factory=PlanParams)
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

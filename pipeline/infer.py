@@ -41,6 +41,7 @@ from pipeline.io import load_torch, read_mask, safe_join, write_json
 from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
+from pipeline.plan.apply import planned_params
 from pipeline.predict import SizedModel, autocast, iter_logits
 from pipeline.sliding import SlidingWindow, check_window
 from pipeline.submission import SubmissionFormat, SubmissionWriter, append_ledger
@@ -323,6 +324,7 @@ def run_ensemble(
     ``write_leaderboard=False`` keeps the local-leaderboard score in the returned report only (side runs such as the
     ablation must not overwrite the stage's ``metrics/leaderboard.json``).
     """
+    params = planned_params(params, layout)  # infer keys left null: the plan's sliding window and TTA candidates
     p = params.infer
     if tta_mode is not None:
         p = dataclasses.replace(p, tta=tta_mode)  # type: ignore[arg-type]

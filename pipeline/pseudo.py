@@ -35,6 +35,7 @@ from pipeline.infer import (
 )
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.paths import Layout
+from pipeline.plan.apply import planned_params
 from pipeline.predict import autocast, iter_logits
 from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets, skip_pseudo_round
 
@@ -55,6 +56,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     p = params.pseudo
     if not pseudo_round_runs(params, round_):
         return skip_pseudo_round(params, layout, round_)  # empty sets keep the DVC outputs defined
+    params = planned_params(params, layout)  # the plan's sliding window and TTA candidates, as infer uses
     out: dict[str, Any] = {"round": round_, "source": p.source, "sets": {}}
     t0 = time.time()
     device = resolve_device(params.train.device)
