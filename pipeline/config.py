@@ -307,9 +307,15 @@ class Augment:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """How a model trains. Epoch counts are whole passes over the fold's training images."""
+    """How a model trains. An epoch is one pass over the fold's training images, or ``samples_per_epoch`` crops."""
 
     epochs: int = 20
+    # samples (crops of input_size, images drawn with replacement) per epoch; null: one pass over the files.
+    # A competition of a few large images needs it: 16 tiles of 1024x1024 give no batch of 32 otherwise
+    samples_per_epoch: int | None = None
+    # share of the samples centred on a foreground pixel of a class drawn uniformly among those present (nnU-Net
+    # samples a third of its patches this way, 0.33): rare classes are seen as often as common ones
+    foreground_share: float = 0.0
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -327,6 +333,12 @@ class Recipe:
     augment: list[Augment] = dataclasses.field(default_factory=list)
     num_workers: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise UserError(f"recipe.samples_per_epoch must be 1 or more (or null), got {self.samples_per_epoch}")
+        if not 0.0 <= self.foreground_share <= 1.0:
+            raise UserError(f"recipe.foreground_share must be in [0, 1], got {self.foreground_share}")
 
 
 @dataclasses.dataclass(frozen=True)
