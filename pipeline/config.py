@@ -278,15 +278,18 @@ class InferParams:
     # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls
     # back to the config's TTA set and equal weights instead, and metrics/infer.json and the ledger record it
     allow_fallback: bool = False
-    tta_flips: list[Literal["hflip", "vflip"]] = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
-    tta_scales: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.25])  # candidates (auto)
+    # TTA candidates (auto); null: the plan's (work/plan.yaml), or these defaults without a plan
+    tta_flips: list[Literal["hflip", "vflip"]] | None = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
+    tta_scales: list[float] | None = dataclasses.field(default_factory=lambda: [0.75, 1.25])
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
     tta_select_images: int = 800  # OOF images used to choose the TTA set (0: all)
     batched_tta: bool = True  # augmented copies of one size go through the model as one batch
     batch_size: int = 64
     # sliding-window inference (pipeline.sliding): each image alone, cut into overlapping tiles that go through the
     # ensemble tile_batch at a time and are blended back at the image's size (test images, OOF and pseudo-labels)
-    sliding: bool = False  # false: whole images, batch_size at a time (each config's pad or resize policy)
+    # false: whole images, batch_size at a time (each config's pad or resize policy); null: the plan decides
+    # (work/plan.yaml: on for random crops of large images), off without a plan
+    sliding: bool | None = False
     tile: tuple[int, int] | None = None  # (H, W) of a tile; null: the model configs' input_size (they must agree)
     tile_overlap: float = 0.25  # share of the tile that neighbouring tiles overlap by, in [0, 1)
     tile_blend: Literal["gaussian", "constant"] = "gaussian"  # gaussian: nnU-Net importance map (sigma = tile/8)
@@ -300,6 +303,38 @@ class InferParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanParams:
+    """The ``plan`` stage (:mod:`pipeline.plan`): a recipe from the data's fingerprint and a measured training step.
+
+    Anything set explicitly (a non-null key in ``params.yaml``, a key present in a model config file) wins over it.
+    """
+
+    enabled: bool = False  # false: every choice is today's fixed one (the plan only records them)
+    budget_minutes: float = 20.0  # the whole training on this machine: every model, fold and round, and the probe
+    probe_steps: int = 5  # timed training steps of each candidate (after 2 untimed warm-up steps)
+    min_epochs: int = 2  # fewer would not fit: the plan shrinks the model's work (samples or size) instead
+    max_epochs: int = 100  # a larger budget than this needs is left unspent (and the plan says so)
+    fallback: str = "cnn_default"  # model config a planned config (configs/models/auto.yaml) becomes without a plan
+    cpu_models: list[str] = dataclasses.field(default_factory=lambda: ["cnn_default"])  # candidates, first that fits
+    gpu_models: list[str] = dataclasses.field(
+        default_factory=lambda: ["upernet_convnext", "upernet_swin", "upernet_beit", "cnn_default"]
+    )
+    weights_dir: str = "weights"  # local encoder weights: <weights_dir>/<encoder>.safetensors (or .pth)
+    fingerprint_images: int = 500  # masks and images read for component sizes and pixel statistics (a sample)
+    seed: int = 0  # the fingerprint's sample
+
+    def __post_init__(self) -> None:
+        if self.budget_minutes <= 0:
+            raise UserError(f"plan.budget_minutes must be above 0, got {self.budget_minutes}")
+        if self.probe_steps < 1:
+            raise UserError(f"plan.probe_steps must be 1 or more, got {self.probe_steps}")
+        if not 1 <= self.min_epochs <= self.max_epochs:
+            raise UserError(
+                f"plan.min_epochs ({self.min_epochs}) must be 1 or more and at most plan.max_epochs ({self.max_epochs})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     data: DataParams = dataclasses.field(default_factory=DataParams)
     demo: DemoParams = dataclasses.field(default_factory=DemoParams)
@@ -309,6 +344,7 @@ class Params:
     pseudo: PseudoParams = dataclasses.field(default_factory=PseudoParams)
     infer: InferParams = dataclasses.field(default_factory=InferParams)
     metric: MetricParams = dataclasses.field(default_factory=MetricParams)
+    plan: PlanParams = dataclasses.field(default_factory=PlanParams)
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
@@ -337,9 +373,15 @@ class Augment:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """How a model trains. Epoch counts are whole passes over the fold's training images."""
+    """How a model trains. An epoch is one pass over the fold's training images, or ``samples_per_epoch`` crops."""
 
     epochs: int = 20
+    # samples (crops of input_size, images drawn with replacement) per epoch; null: one pass over the files.
+    # A competition of a few large images needs it: 16 tiles of 1024x1024 give no batch of 32 otherwise
+    samples_per_epoch: int | None = None
+    # share of the samples centred on a foreground pixel of a class drawn uniformly among those present (nnU-Net
+    # samples a third of its patches this way, 0.33): rare classes are seen as often as common ones
+    foreground_share: float = 0.0
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -357,6 +399,12 @@ class Recipe:
     augment: list[Augment] = dataclasses.field(default_factory=list)
     num_workers: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise UserError(f"recipe.samples_per_epoch must be 1 or more (or null), got {self.samples_per_epoch}")
+        if not 0.0 <= self.foreground_share <= 1.0:
+            raise UserError(f"recipe.foreground_share must be in [0, 1], got {self.foreground_share}")
 
 
 @dataclasses.dataclass(frozen=True)

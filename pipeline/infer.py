@@ -53,6 +53,7 @@ from pipeline.ensemble.plan import Plan, plan_ensemble
 from pipeline.errors import run_cli
 from pipeline.io import write_json
 from pipeline.paths import Layout
+from pipeline.plan.apply import planned_params
 from pipeline.predict import iter_logits
 from pipeline.submission.format import SubmissionFormat, submission_format
 from pipeline.submission.ledger import append_ledger
@@ -84,6 +85,7 @@ def run_ensemble(
     ``write_leaderboard=False`` keeps the local-leaderboard score in the returned report only (side runs such as the
     ablation must not overwrite the stage's ``metrics/leaderboard.json``).
     """
+    params = planned_params(params, layout)  # infer keys left null: the plan's sliding window and TTA candidates
     p = params.infer
     if tta_mode is not None:
         p = dataclasses.replace(p, tta=tta_mode)  # type: ignore[arg-type]

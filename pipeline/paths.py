@@ -40,6 +40,12 @@ class Layout:
     def mask_summary(self) -> Path:
         return self.work / "mask_summary.json"
 
+    # plan stage
+    @property
+    def plan_yaml(self) -> Path:
+        """The plan: fingerprint, machine, every planned key with its source and reason, the budget split."""
+        return self.work / "plan.yaml"
+
     # folds stage
     @property
     def folds_csv(self) -> Path:

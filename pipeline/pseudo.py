@@ -34,6 +34,7 @@ from pipeline.ensemble.members import (
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.oof import truth_reader
 from pipeline.paths import Layout
+from pipeline.plan.apply import planned_params
 from pipeline.predict import iter_logits
 from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets, skip_pseudo_round
 
@@ -54,6 +55,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     p = params.pseudo
     if not pseudo_round_runs(params, round_):
         return skip_pseudo_round(params, layout, round_)  # empty sets keep the DVC outputs defined
+    params = planned_params(params, layout)  # the plan's sliding window and TTA candidates, as infer uses
     out: dict[str, Any] = {"round": round_, "source": p.source, "sets": {}}
     t0 = time.time()
     device = resolve_device(params.train.device)

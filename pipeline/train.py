@@ -48,6 +48,7 @@ from pipeline.closure import PROJECT_ROOT, closure_digest
 from pipeline.config import DataParams, ModelConfig, Params, TrainParams, to_dict
 from pipeline.data.dataset import SegDataset, build_transform, normalize
 from pipeline.data.folds import read_folds
+from pipeline.data.sampling import CropSampler, foreground_points
 from pipeline.errors import UserError
 from pipeline.io import (
     load_torch,
@@ -233,6 +234,25 @@ def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def training_data(
+    cfg: ModelConfig, split: FoldSplit, transform: Any, preload: bool, ddp: Dist
+) -> tuple[SegDataset, torch.utils.data.Sampler[Any] | None]:
+    """The training dataset and its sampler: ``None`` (the loader shuffles one pass, as always) unless the recipe
+    sets ``samples_per_epoch`` or ``foreground_share``, then a :class:`CropSampler` seeded from (seed, epoch)."""
+    rec = cfg.recipe
+    crop = cfg.input_size if cfg.resize == "pad" else None  # resize: the whole image is the sample
+    train_ds = SegDataset(split.train_images, split.train_masks, transform, preload=preload, crop=crop)
+    if rec.samples_per_epoch is None and rec.foreground_share == 0.0:
+        if ddp.world == 1:
+            return train_ds, None
+        return train_ds, DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
+    points = foreground_points([train_ds.original_mask(i) for i in range(len(train_ds))], seed=rec.seed)
+    sampler = CropSampler(
+        len(train_ds), points, rec.samples_per_epoch, rec.foreground_share, rec.seed, ddp.rank, ddp.world
+    )
+    return train_ds, sampler
+
+
 @dataclasses.dataclass
 class Dist:
     rank: int = 0
@@ -294,13 +314,8 @@ def train_fold(
     # --- data: each process sees batch_size // world images per step, so the global batch is batch_size
     per_proc_batch = max(1, rec.batch_size // ddp.world)
     transform = build_transform(cfg, train=True, seed=rec.seed)
-    train_ds = SegDataset(split.train_images, split.train_masks, transform, preload=params.preload)
+    train_ds, sampler = training_data(cfg, split, transform, params.preload, ddp)
     val_ds = SegDataset(split.val_images, split.val_masks, build_transform(cfg, train=False), preload=params.preload)
-    sampler = (
-        DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
-        if ddp.world > 1
-        else None
-    )
     loader = DataLoader(
         train_ds,
         batch_size=per_proc_batch,
@@ -312,7 +327,11 @@ def train_fold(
     )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise UserError(f"fold {fold}: {len(train_ds)} training images is fewer than one batch ({rec.batch_size})")
+        what = f"{rec.samples_per_epoch} samples" if rec.samples_per_epoch else f"{len(train_ds)} training images"
+        raise UserError(
+            f"fold {fold}: {what} is fewer than one batch ({rec.batch_size}); set recipe.samples_per_epoch "
+            f"(crops per epoch) to at least {rec.batch_size} in {layout.model_config(model_name)}"
+        )
     total_steps = steps_per_epoch * rec.epochs
 
     # --- model, optimiser, schedule, scaler, EMA

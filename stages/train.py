@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import load_model_config, load_params
+from pipeline.config import load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
+from pipeline.plan.apply import planned_config
 from pipeline.rounds import skip_training_round, training_round_runs
 
 
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     layout = Layout()
-    cfg = load_model_config(layout.model_config(args.model))
+    cfg = planned_config(args.model, layout, params)  # the model config with the plan's choices (work/plan.yaml)
     if not training_round_runs(params, args.round):  # before torch is imported: a switched-off round takes 0.3 s
         skip_training_round(params, layout, args.model, args.fold, args.round)
         return 0

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import ModelConfig
+from pipeline.data.sampling import NO_CENTRE, centred_window
 from pipeline.errors import UserError
 from pipeline.io import read_image, read_mask
 
@@ -64,7 +65,13 @@ def build_transform(cfg: ModelConfig, train: bool, seed: int | None = None) -> A
 
 
 class SegDataset(Dataset):
-    """Images (and masks, when given) as uint8 arrays; optionally decoded once and kept in memory."""
+    """Images (and masks, when given) as uint8 arrays; optionally decoded once and kept in memory.
+
+    An item is an image index, or an ``(index, y, x)`` triple from :class:`pipeline.data.sampling.CropSampler`:
+    with ``crop`` set and (y, x) a pixel, the image is first cut to the ``crop`` window centred on that pixel (kept
+    inside the image), so the transform's own random crop leaves it whole; ``y == NO_CENTRE`` leaves the crop to
+    the transform.
+    """
 
     def __init__(
         self,
@@ -72,10 +79,12 @@ class SegDataset(Dataset):
         masks: Sequence[Path] | None,
         transform: A.Compose | None = None,
         preload: bool = True,
+        crop: tuple[int, int] | None = None,
     ) -> None:
         if masks is not None and len(masks) != len(images):
             raise ValueError("images and masks differ in length")
         self.images, self.masks, self.transform = list(images), masks and list(masks), transform
+        self.crop = crop
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if preload:
             self._cache = [self._read(i) for i in range(len(self.images))]
@@ -96,8 +105,13 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int, int]) -> dict[str, Any]:
+        i, y, x = item if isinstance(item, tuple) else (int(item), NO_CENTRE, NO_CENTRE)
         image, mask = self._cache[i] if self._cache is not None else self._read(i)
+        if self.crop is not None and y != NO_CENTRE:
+            top, left, h, w = centred_window(image.shape[:2], self.crop, y, x)
+            image = image[top : top + h, left : left + w]
+            mask = mask[top : top + h, left : left + w] if mask is not None else None
         if self.transform is not None:
             out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
             image, mask = out["image"], out.get("mask", mask)

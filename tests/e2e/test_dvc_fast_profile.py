@@ -1,5 +1,5 @@
 """The whole competition loop through real DVC on the fast profile (tiny data, one epoch), in a copy of the repo:
-demo -> masks -> folds -> train (round 1) -> pseudo -> train (round 2) -> infer -> report."""
+demo -> masks -> plan -> folds -> train (round 1) -> pseudo -> train (round 2) -> infer -> report."""
 
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
     for stage in (
         "demo",
         "masks",
+        "plan",
         "folds",
-        "train@cnn_default-0",
+        "train@auto-0",
         "pseudo",
-        "train_r2@cnn_default-1",
+        "train_r2@auto-1",
         "pseudo_r2",  # pseudo.rounds is 1: the second pseudo round and round 3 run and do nothing
-        "train_r3@cnn_default-0",
+        "train_r3@auto-0",
         "infer",
         "report",
     ):
@@ -57,9 +58,9 @@ def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
     infer = json.loads((root / "metrics" / "infer.json").read_text())
     assert infer["round"] == 2 and 0.0 <= infer["leaderboard"]["mIoU"] <= 1.0
     assert (root / "work" / "r1" / "pseudo" / "fold0" / "index.csv").is_file()
-    assert (root / "work" / "r3" / "models" / "cnn_default" / "fold0" / "skipped.txt").is_file()
+    assert (root / "work" / "r3" / "models" / "auto" / "fold0" / "skipped.txt").is_file()
     summary = (root / "reports" / "summary.md").read_text()
-    assert "Local leaderboard" in summary and "| cnn_default |" in summary
+    assert "Local leaderboard" in summary and "| auto |" in summary
     assert (root / "reports" / "predictions.png").stat().st_size > 0
     shown = run(root, "dvc", "metrics", "show").stdout
     assert "metrics/infer.json" in shown and "metrics/summary.json" in shown

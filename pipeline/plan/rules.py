@@ -1,0 +1,216 @@
+"""The plan's rules: from the fingerprint and the device to model-config keys, each with one line of why.
+
+Pure functions of their inputs (no files, no torch), so a table of fingerprints can test them. Every rule returns
+:class:`Choice` objects keyed by the dotted model-config key they set (``input_size``, ``recipe.batch_size``) or by
+``infer.<key>`` for inference; :mod:`pipeline.plan.apply` decides whether an explicit setting wins over them.
+Epochs and samples per epoch need the measured step time and are sized in :mod:`pipeline.plan.stage`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.plan.augment import choose_augmentations
+from pipeline.plan.fingerprint import ClassStats, Fingerprint
+
+# Largest image side a model sees whole, per device: beyond it, random crops (or a resize, for large objects).
+MAX_SIDE = {"cpu": 256, "cuda": 512}
+# Pixels per training batch: the embedded default's 32 canvases of 64x84 on a CPU; 16 crops of 512x512 on a GPU.
+BATCH_PIXELS = {"cpu": 32 * 64 * 84, "cuda": 16 * 512 * 512}
+MAX_BATCH = {"cpu": 32, "cuda": 64}
+MIN_BATCH = 2  # UPerNet's pooled BatchNorm needs two images per step
+RARE_PIXELS = 0.2  # a class under this share of the median foreground class's pixels is rare
+RARE_IMAGES = 0.05  # ... or present in under this share of the images
+MAX_CLASS_WEIGHT = 10.0
+FOREGROUND_SHARE = 0.33  # nnU-Net's oversample_foreground_percent
+REFERENCE_BATCH = 32  # the shipped configs' learning rates are for this batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One planned value and why."""
+
+    key: str  # dotted model-config key, or infer.<key>
+    value: Any
+    why: str
+
+
+def _even_floor(x: float) -> int:
+    return max(0, int(x) // 2 * 2)
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _round_down(v: int, m: int) -> int:
+    return max(m, v // m * m)
+
+
+def object_side(fp: Fingerprint) -> float:
+    """The typical object's side in pixels: the median over foreground classes of their median component side."""
+    sides = [c.side.median for c in fp.foreground if c.components]
+    return float(sorted(sides)[len(sides) // 2]) if sides else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    input_size: tuple[int, int]
+    resize: str  # "pad" or "resize"
+    crops: bool  # random crops of larger images in training, sliding-window inference
+    choices: list[Choice]
+
+
+def choose_geometry(fp: Fingerprint, device: str, multiple: int = 1) -> Geometry:
+    """Input size and size policy.
+
+    Whole images (``pad``) when every image fits ``MAX_SIDE``; otherwise random crops of ``MAX_SIDE`` with sliding
+    inference, unless the objects are larger than half a crop: then the image is resized so the model sees them
+    whole. ``multiple``: the input size a fixed-size encoder (Swin, BEiT) needs it to be a multiple of.
+    """
+    max_side = MAX_SIDE[device]
+    h, w = int(fp.height.max), int(fp.width.max)
+    if h <= max_side and w <= max_side:
+        size = (_round_up(h, multiple), _round_up(w, multiple))
+        what = f"every image is {h}x{w}" if fp.distinct_sizes == 1 else f"images are at most {h}x{w}"
+        why = f"{what}, within {max_side} px a side on {device}: the model sees whole images"
+        why += " (padded to the largest)" if fp.distinct_sizes > 1 else " (it pads to its stride and crops back)"
+        return Geometry(size, "pad", False, [Choice("input_size", list(size), why), Choice("resize", "pad", why)])
+    side = object_side(fp)
+    mh, mw = fp.modal_size
+    if side > max_side / 2:
+        scale = max_side / max(mh, mw)
+        m = max(multiple, 32)
+        size = (_round_down(int(mh * scale), m), _round_down(int(mw * scale), m))
+        why = (
+            f"images of {mh}x{mw} exceed {max_side} px and objects are large (median side {side:.0f} px, over half "
+            f"a {max_side} crop): resized whole to {size[0]}x{size[1]} so each object is seen whole"
+        )
+        return Geometry(size, "resize", False, [Choice("input_size", list(size), why), Choice("resize", "resize", why)])
+    crop = (_round_down(min(max_side, int(fp.height.median)), 32), _round_down(min(max_side, int(fp.width.median)), 32))
+    crop = (_round_up(crop[0], multiple), _round_up(crop[1], multiple))
+    why = (
+        f"images up to {h}x{w} exceed {max_side} px a side and objects are small (median side {side:.0f} px): "
+        f"random {crop[0]}x{crop[1]} crops in training, sliding-window inference over tiles of that size"
+    )
+    return Geometry(crop, "pad", True, [Choice("input_size", list(crop), why), Choice("resize", "pad", why)])
+
+
+def choose_batch(input_size: Sequence[int], device: str, n_fit: int) -> Choice:
+    """The batch: a fixed number of pixels per step (the embedded default's on a CPU), even, at least 2."""
+    px = int(input_size[0]) * int(input_size[1])
+    b = min(MAX_BATCH[device], max(MIN_BATCH, _even_floor(BATCH_PIXELS[device] / px)))
+    why = f"{BATCH_PIXELS[device]} pixels per step on {device} at {input_size[0]}x{input_size[1]}"
+    if n_fit < b:  # a fold smaller than the batch would make no step at all
+        b = max(MIN_BATCH, _even_floor(n_fit))
+        why += f", cut to the fold's {n_fit} training images"
+    return Choice("recipe.batch_size", b, why)
+
+
+def choose_lr(base_lr: float, batch: int, source: str) -> Choice:
+    """Square-root scaling of the base config's AdamW learning rate (set for a batch of 32) to the batch."""
+    lr = float(f"{base_lr * math.sqrt(batch / REFERENCE_BATCH):.3g}")
+    why = f"{source}'s {base_lr:g} at batch {REFERENCE_BATCH}, scaled by sqrt({batch}/{REFERENCE_BATCH})"
+    return Choice("recipe.lr", lr, why if batch != REFERENCE_BATCH else f"{source}'s {base_lr:g} at batch {batch}")
+
+
+def rare_classes(fp: Fingerprint) -> list[ClassStats]:
+    """Foreground classes with few pixels (against the median foreground class) or present in few images."""
+    fg = [c for c in fp.foreground if c.pixel_share > 0]
+    if not fg:
+        return []
+    median = sorted(c.pixel_share for c in fg)[len(fg) // 2]
+    return [c for c in fg if c.pixel_share < RARE_PIXELS * median or c.image_share < RARE_IMAGES]
+
+
+def choose_loss(fp: Fingerprint, base_loss: list[dict[str, Any]]) -> list[Choice]:
+    """CE + Dice as the base config has them; CE class weights (sqrt inverse frequency, at most 10) for rare
+    classes. Dice already weighs every class equally, whatever its size."""
+    terms = " + ".join(f"{t.get('weight', 1.0):g} {t['name']}" for t in base_loss)
+    choices = [Choice("recipe.loss", base_loss, f"{terms}: cross-entropy for pixels, Dice for each class's overlap")]
+    rare = rare_classes(fp)
+    if not rare:
+        why = "no rare class (each foreground class has at least a fifth of the median class's pixels)"
+        return [*choices, Choice("recipe.class_weights", None, why)]
+    fg = [c for c in fp.foreground if c.pixel_share > 0]
+    median = sorted(c.pixel_share for c in fg)[len(fg) // 2]
+    rare_ids = {c.index for c in rare}
+    weights = [
+        round(min(MAX_CLASS_WEIGHT, math.sqrt(median / c.pixel_share)), 3) if c.index in rare_ids else 1.0
+        for c in fp.classes
+    ]
+    names = ", ".join(f"{c.name} ({100 * c.pixel_share:.2f}% px, {100 * c.image_share:.0f}% img)" for c in rare)
+    why = f"rare classes {names}: CE weight sqrt(median share / share), at most {MAX_CLASS_WEIGHT:g}"
+    return [*choices, Choice("recipe.class_weights", weights, why)]
+
+
+def choose_sampling(fp: Fingerprint, geometry: Geometry, n_fit: int, batch: int, recipe_keys: set[str]) -> list[Choice]:
+    """Samples per epoch (random crops: about one pass over the training pixels) and the foreground share of them
+    (nnU-Net's third, when crops of sparse images or rare classes would rarely show a class)."""
+    out = []
+    if "samples_per_epoch" in recipe_keys:
+        if geometry.crops:
+            ch, cw = geometry.input_size
+            per_image = max(1, round(fp.height.median * fp.width.median / (ch * cw)))
+            samples = max(4 * batch, n_fit * per_image) // batch * batch
+            why = f"{n_fit} training images of about {per_image} crops each: an epoch is {samples} crops"
+            out.append(Choice("recipe.samples_per_epoch", samples, why))
+        else:
+            out.append(Choice("recipe.samples_per_epoch", None, "whole images: an epoch is one pass over the files"))
+    if "foreground_share" in recipe_keys:
+        rare = rare_classes(fp)
+        if rare or (geometry.crops and fp.foreground_share < 0.5):
+            why = (
+                f"rare classes ({', '.join(c.name for c in rare)})"
+                if rare
+                else (f"random crops of images that are {100 * fp.foreground_share:.1f}% foreground")
+            )
+            out.append(Choice("recipe.foreground_share", FOREGROUND_SHARE, f"{why}: a third of samples on a class"))
+        else:
+            why = "no rare class and whole images: every image is seen each epoch, no oversampling"
+            out.append(Choice("recipe.foreground_share", 0.0, why))
+    return out
+
+
+def choose_tta(geometry: Geometry) -> list[Choice]:
+    """TTA candidates for the OOF check (``infer.tta: auto`` keeps only those that raise OOF mIoU) and sliding."""
+    flips = Choice("infer.tta_flips", ["hflip", "vflip"], "candidates only: the OOF check keeps a flip that helps")
+    if geometry.crops:
+        return [
+            flips,
+            Choice("infer.tta_scales", [], "sliding-window inference: a scale would cost another pass over every tile"),
+            Choice("infer.sliding", True, "trained on crops: test images go through overlapping tiles of that size"),
+        ]
+    return [
+        flips,
+        Choice("infer.tta_scales", [0.75, 1.25], "candidates only: the OOF check keeps a scale that helps"),
+        Choice("infer.sliding", False, "the model sees whole images in training: whole images at inference"),
+    ]
+
+
+def choose_normalisation(fp: Fingerprint, pretrained: bool) -> Choice:
+    """Reported, not a config key: the pipeline normalises with ImageNet statistics (what timm's weights expect)."""
+    stats = f"dataset mean {[round(v, 3) for v in fp.mean]}, std {[round(v, 3) for v in fp.std]}"
+    if pretrained:
+        return Choice("normalisation", "imagenet", f"pretrained encoder: the statistics its weights expect ({stats})")
+    return Choice(
+        "normalisation",
+        "imagenet",
+        f"from scratch: ImageNet statistics, the pipeline's only normalisation; the first BatchNorm absorbs the "
+        f"difference from the {stats}",
+    )
+
+
+def choose_augment(fp: Fingerprint, probe: Mapping[str, float] | None) -> Choice:
+    augs, why = choose_augmentations(fp, probe)
+    return Choice("recipe.augment", augs, why)
+
+
+def fixed_size_multiple(cfg: Mapping[str, Any]) -> int:
+    """The multiple a fixed-input encoder needs (Swin windows, BEiT's pyramid down to stride 32); 1 otherwise."""
+    if cfg.get("adapter") == "vit_pyramid" or str(cfg.get("encoder", "")).startswith("swin"):
+        return 32
+    return 1

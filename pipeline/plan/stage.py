@@ -1,0 +1,338 @@
+"""The ``plan`` stage: fingerprint + machine + rules + measured step -> ``work/plan.yaml``.
+
+For each model config in ``train.models``: a planned config (no ``decoder``, e.g. ``auto``) tries the device's
+candidates (``plan.cpu_models`` / ``plan.gpu_models``) in order and keeps the first whose measured step lets
+``plan.min_epochs`` fit its share of the budget (else the last, shrunk); a full config is planned on its own
+architecture. The rules fill every key its file does not set; epochs (or, where even ``min_epochs`` does not fit,
+samples per epoch) are sized from the measured step so the whole training fits ``plan.budget_minutes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import ModelConfig, Params, from_dict, to_dict
+from pipeline.errors import UserError
+from pipeline.io import safe_join
+from pipeline.paths import Layout
+from pipeline.plan import budget as bud
+from pipeline.plan import rules
+from pipeline.plan.apply import (
+    PLAN_INFER_KEYS,
+    explicit_keys,
+    fixed_config,
+    is_planned,
+    line,
+    merge_choices,
+    read_config_data,
+    recipe_keys,
+    record,
+    show,
+    write_plan,
+)
+from pipeline.plan.fingerprint import Fingerprint, compute_fingerprint, sample_rows
+from pipeline.plan.machine import Machine, OutOfMemory, StepTiming, describe_machine, measure_step
+
+
+def find_weights(cfg: ModelConfig, weights_dir: str) -> tuple[str | None, str]:
+    """A local weights file for the encoder (``<weights_dir>/<encoder>.safetensors|.pth``) or the local Hugging
+    Face cache; nothing is downloaded. Returns the ``pretrained`` value and why."""
+    for ext in (".safetensors", ".pth", ".pt", ".bin"):
+        path = Path(weights_dir) / f"{cfg.encoder}{ext}"
+        if path.is_file():
+            return str(path), f"local weights {path} for {cfg.encoder}: fine-tuning from them"
+    from pipeline.models.pretrained import resolve_pretrained
+
+    try:
+        found = resolve_pretrained(dataclasses.replace(cfg, pretrained="cache"))
+    except UserError:
+        found = None
+    if found is not None:
+        return "cache", f"weights for {cfg.encoder} in the local Hugging Face cache ({found}): fine-tuning from them"
+    return None, (
+        f"no weights for {cfg.encoder} in {weights_dir}/ or the local Hugging Face cache: training from scratch "
+        "(nothing is downloaded)"
+    )
+
+
+def plan_choices(
+    fp: Fingerprint,
+    device: str,
+    base: dict[str, Any],
+    base_source: str,
+    explicit: dict[str, Any],
+    work_images: int,
+    probe: Mapping[str, float] | None,
+    weights_dir: str,
+) -> tuple[list[rules.Choice], rules.Geometry]:
+    """Every rule's choice for one candidate config (epochs apart), in the order they depend on each other."""
+    geometry = rules.choose_geometry(fp, device, rules.fixed_size_multiple({**base, **explicit}))
+    size = explicit.get("input_size", geometry.input_size)
+    batch_choice = rules.choose_batch(size, device, work_images)
+    batch = explicit.get("recipe.batch_size", batch_choice.value)
+    base_lr = base.get("recipe", {}).get("lr", 2e-3)
+    choices = [*geometry.choices, batch_choice, rules.choose_lr(base_lr, batch, base_source)]
+    choices += rules.choose_loss(fp, base.get("recipe", {}).get("loss", [{"name": "ce", "weight": 1.0}]))
+    choices += rules.choose_sampling(fp, geometry, work_images, batch, recipe_keys())
+    choices.append(rules.choose_augment(fp, probe))
+    arch = from_dict(ModelConfig, {**base, **{k: v for k, v in explicit.items() if "." not in k}}, base_source)
+    if "pretrained" not in explicit:
+        value, why = find_weights(arch, weights_dir)
+        choices.append(rules.Choice("pretrained", value, why))
+    return choices, geometry
+
+
+def probe_images(layout: Layout, params: Params, n: int) -> tuple[list[Path], list[Path]]:
+    index = pd.read_csv(layout.train_index)
+    rows = index.iloc[sample_rows(len(index), n, params.plan.seed)]
+    root = Path(params.data.root) / params.data.images_dir
+    images = [safe_join(root, str(f)) for f in rows["file_name"]]
+    return images, [layout.mask_path(int(i)) for i in rows["image_id"]]
+
+
+def timed(
+    cfg: ModelConfig, name: str, num_classes: int, layout: Layout, params: Params, device: str
+) -> tuple[ModelConfig, StepTiming]:
+    """Measure ``cfg``'s step; on a CUDA out-of-memory, halve the batch (down to 2) and measure again."""
+    while True:
+        images, masks = probe_images(layout, params, cfg.recipe.batch_size * 2)
+        try:
+            return cfg, measure_step(
+                cfg, name, num_classes, images, masks, device, params.plan.probe_steps, cfg.recipe.class_weights
+            )
+        except OutOfMemory:
+            if cfg.recipe.batch_size <= rules.MIN_BATCH:
+                raise UserError(
+                    f"{name}: a batch of {cfg.recipe.batch_size} at {list(cfg.input_size)} does not fit in device "
+                    "memory; set a smaller input_size in its model config"
+                ) from None
+            half = max(rules.MIN_BATCH, cfg.recipe.batch_size // 2)
+            cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, batch_size=half))
+
+
+@dataclasses.dataclass
+class Sized:
+    """One candidate after the probe: its config, records, timing, work, epochs and whether it fits."""
+
+    name: str
+    cfg: ModelConfig
+    records: list[dict[str, Any]]
+    timing: StepTiming
+    work: bud.Work
+    costs: bud.Costs
+    epochs: int
+    fits: bool
+    geometry: rules.Geometry
+
+
+def size_epochs(
+    cfg: ModelConfig,
+    work: bud.Work,
+    costs: bud.Costs,
+    seconds: float,
+    params: Params,
+    explicit: dict[str, Any],
+    epochs_param: int | None,
+    records: list[dict[str, Any]],
+) -> tuple[ModelConfig, bud.Work, int, bool]:
+    """Round-1 epochs for ``seconds`` (recorded in ``records``); samples per epoch cut when even
+    ``plan.min_epochs`` does not fit and the recipe has ``samples_per_epoch``."""
+    pp = params.plan
+    if epochs_param is not None or "recipe.epochs" in explicit:
+        e = epochs_param if epochs_param is not None else int(explicit["recipe.epochs"])
+        source = "params.yaml train.epochs (explicit)" if epochs_param is not None else "the config file (explicit)"
+        fits = bud.total_seconds(work, costs, e) <= seconds
+        why = f"the budget would allow {bud.fitting_epochs(work, costs, seconds)}"
+        records.append(record("recipe.epochs", e, source, why))
+        return cfg, work, e, fits
+    fit = bud.fitting_epochs(work, costs, seconds)
+    e = min(pp.max_epochs, max(pp.min_epochs, fit))
+    fits = fit >= pp.min_epochs
+    per = bud.split(work, costs, e)
+    why = f"{fit} epochs fit {seconds / 60:.1f} min at {costs.step:.3f} s a step"
+    why += f" ({per['seconds'] / 60:.1f} min predicted)"
+    if fit > pp.max_epochs:
+        why = f"{fit} would fit; capped at plan.max_epochs ({per['seconds'] / 60:.1f} min predicted)"
+    if not fits and "samples_per_epoch" in recipe_keys() and "recipe.samples_per_epoch" not in explicit:
+        samples = bud.fitting_samples(work, costs, seconds, e)
+        if samples >= work.batch_size:
+            work = dataclasses.replace(work, samples_per_epoch=samples)
+            cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, samples_per_epoch=samples))
+            why2 = f"{pp.min_epochs} whole epochs do not fit: {samples} samples per epoch do"
+            records.append(record("recipe.samples_per_epoch", samples, "plan", why2))
+            fits = True
+            why = "plan.min_epochs, with fewer samples per epoch (see recipe.samples_per_epoch)"
+    if not fits:
+        why = f"over budget: not even plan.min_epochs ({pp.min_epochs}) fit {seconds / 60:.1f} min"
+    records.append(record("recipe.epochs", e, "plan", why))
+    cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=e))
+    return cfg, work, e, fits
+
+
+def plan_model(
+    name: str,
+    fp: Fingerprint,
+    machine: Machine,
+    layout: Layout,
+    params: Params,
+    num_classes: int,
+    seconds_for: Any,
+    probe: Mapping[str, float] | None,
+) -> tuple[Sized, list[str]]:
+    """Plan one entry of ``train.models``: try its candidates until one fits. Returns it and the candidates tried."""
+    path = layout.model_config(name)
+    data = read_config_data(path)
+    explicit = explicit_keys(data)
+    src = str(Path("configs") / "models" / f"{name}.yaml")
+    if is_planned(data):
+        candidates = params.plan.gpu_models if machine.device == "cuda" else params.plan.cpu_models
+    else:
+        candidates = [name]
+    k = params.folds.k
+    n_fit = fp.images - int(round(fp.images / k))
+    tried: list[str] = []
+    sized = None
+    for cand in candidates:
+        base = read_config_data(layout.model_config(cand)) if cand != name else data
+        if is_planned(base):
+            raise UserError(f"plan candidate {cand!r}: configs/models/{cand}.yaml is a planned config, not a full one")
+        base_src = str(Path("configs") / "models" / f"{cand}.yaml")
+        choices, geometry = plan_choices(
+            fp, machine.device, base, base_src, explicit, n_fit, probe, params.plan.weights_dir
+        )
+        merged, records = merge_choices(base, choices, explicit, src)
+        cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
+        cfg, timing = timed(cfg, cand, num_classes, layout, params, machine.device)
+        work = bud.Work(
+            images=fp.images,
+            test_images=fp.test_images if params.pseudo.rounds > 0 else 0,
+            k=k,
+            folds=len(params.train.folds),
+            rounds=1 + params.pseudo.rounds,
+            batch_size=cfg.recipe.batch_size,
+            samples_per_epoch=getattr(cfg.recipe, "samples_per_epoch", None),
+            later_epochs=params.pseudo.epochs,
+        )
+        costs = bud.Costs(
+            timing.step_seconds,
+            timing.eval_image_seconds,
+            machine.startup_seconds,
+            fp.read_seconds,
+            timing.build_seconds,
+        )
+        seconds = seconds_for(timing.probe_seconds)
+        cfg, work, epochs, fits = size_epochs(cfg, work, costs, seconds, params, explicit, params.train.epochs, records)
+        tried.append(cand)
+        sized = Sized(cand, cfg, records, timing, work, costs, epochs, fits, geometry)
+        if fits:
+            break
+    assert sized is not None  # candidates is never empty (a PlanParams list of at least the fallback)
+    return sized, tried
+
+
+def disabled_plan(fp: Fingerprint, layout: Layout, params: Params) -> dict[str, Any]:
+    models = {}
+    for name in params.train.models:
+        cfg = fixed_config(name, layout, params.plan.fallback)
+        planned = is_planned(read_config_data(layout.model_config(name)))
+        where = (
+            f"{params.plan.fallback} with configs/models/{name}.yaml over it"
+            if planned
+            else f"configs/models/{name}.yaml"
+        )
+        models[name] = {
+            "base": params.plan.fallback if planned else name,
+            "config": to_dict(cfg),
+            "keys": [f"plan.enabled is false: {where}, as written"],
+        }
+    infer = {
+        k: {"value": None, "source": "plan.enabled: false", "why": "the documented default"} for k in PLAN_INFER_KEYS
+    }
+    return {"enabled": False, "fingerprint": fp.to_dict(), "models": models, "infer": infer}
+
+
+def make_plan(
+    params: Params, layout: Layout, raw_params: dict[str, Any], probe: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """The plan for ``params`` (``raw_params``: params.yaml as written, to tell explicit keys); writes plan.yaml.
+
+    ``probe``: measured augmentation gains for :func:`pipeline.plan.augment.choose_augmentations` (none yet).
+    """
+    t_start = time.perf_counter()
+    pp = params.plan
+    fp = compute_fingerprint(params.data, layout, pp.fingerprint_images, pp.seed)
+    if not pp.enabled:
+        plan = disabled_plan(fp, layout, params)
+        write_plan(layout, plan)
+        return plan
+    machine = describe_machine(params.train.device, params.train.threads)
+    num_classes = len(fp.classes)
+    budget_s = pp.budget_minutes * 60
+    n_models = len(params.train.models)
+
+    models: dict[str, Any] = {}
+    sized_all: list[Sized] = []
+    for i, name in enumerate(params.train.models):
+        spent = time.perf_counter() - t_start
+
+        def seconds_for(this_probe: float, spent: float = spent, i: int = i) -> float:
+            # the budget left once this probe is paid and every later model's probe (about as long) too
+            left = budget_s - spent - this_probe * (n_models - i)
+            return max(0.0, left / (n_models - i))
+
+        sized, tried = plan_model(name, fp, machine, layout, params, num_classes, seconds_for, probe)
+        sized_all.append(sized)
+        models[name] = {
+            "base": sized.name,
+            "candidates_tried": tried,
+            "keys": [r["line"] for r in sized.records],
+            "timing": dataclasses.asdict(sized.timing),
+            "config": to_dict(sized.cfg),
+        }
+        for r in sized.records:
+            if r["key"] == "pretrained":
+                models[name]["normalisation"] = rules.choose_normalisation(fp, r["value"] is not None).why
+
+    infer: dict[str, Any] = {}
+    raw_infer = (raw_params.get("infer") or {}) if isinstance(raw_params, dict) else {}
+    for c in rules.choose_tta(sized_all[0].geometry):
+        key = c.key.removeprefix("infer.")
+        if raw_infer.get(key) is not None:
+            v = raw_infer[key]
+            infer[key] = {
+                "value": v,
+                "source": "params.yaml (explicit)",
+                "line": line(c.key, v, "params.yaml (explicit)", f"the plan would set {show(c.value)}"),
+            }
+        else:
+            infer[key] = {"value": c.value, "source": "plan", "line": line(c.key, c.value, "plan", c.why)}
+    probe_s = sum(s.timing.probe_seconds for s in sized_all)
+    splits = {n: bud.split(s.work, s.costs, s.epochs) for n, s in zip(models, sized_all)}
+    training = sum(v["seconds"] for v in splits.values())
+    plan_s = time.perf_counter() - t_start
+    predicted = plan_s + training
+    plan = {
+        "enabled": True,
+        "budget": {
+            "minutes": pp.budget_minutes,
+            "probe_seconds": round(probe_s, 1),
+            "plan_seconds": round(plan_s, 1),
+            "training_seconds": round(training, 1),
+            "predicted_seconds": round(predicted, 1),
+            "predicted_minutes": round(predicted / 60, 2),
+            "within_budget": predicted <= budget_s * 1.0001,
+            "per_model": splits,
+        },
+        "machine": dataclasses.asdict(machine),
+        "fingerprint": fp.to_dict(),
+        "models": models,
+        "infer": infer,
+    }
+    write_plan(layout, plan)
+    return plan
