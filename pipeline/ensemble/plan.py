@@ -41,7 +41,10 @@ class Plan:
 def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None) -> Plan:
     """Choose TTA sets, temperatures and weights on OOF (``unavailable``: why there is no OOF, or ``None``)."""
     p, metric, names = rt.p, params.metric.name, list(loaded.groups)
-    data = oof_data(layout, params, params.train.folds) if unavailable is None else None
+    # OOF of the folds every member group has (a --checkpoint run may hold a few folds only)
+    folds = sorted(set.intersection(*(set(by_fold) for by_fold in loaded.groups.values())))
+    data = oof_data(layout, params, folds) if unavailable is None and folds else None
+    unavailable = unavailable or (None if folds else "the member groups share no fold to score out of fold")
     truth_of = truth_reader(layout)
     choices: dict[str, TtaChoice] = {}
     for name, by_fold in loaded.groups.items():
@@ -53,7 +56,9 @@ def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, u
             loaded.cfgs[name].tta,
             unavailable,
             p.allow_fallback,
-            lambda by_fold=by_fold: TtaSearch(by_fold, data, truth_of, rt, len(loaded.classes), metric),  # type: ignore[arg-type]
+            lambda by_fold=by_fold: TtaSearch(
+                {f: m for f, m in by_fold.items() if f in folds}, data, truth_of, rt, len(loaded.classes), metric
+            ),  # type: ignore[arg-type]
         )
     fallback = [c.fallback for c in choices.values() if c.fallback]
     ttas = {n: c.tta for n, c in choices.items()}
@@ -106,7 +111,7 @@ class _OofPlanner:
     def _predict(self, key: tuple[str, Any]) -> dict[str, np.ndarray]:
         name, tk = key
         tta = TtaConfig(flips=list(tk[0]), scales=list(tk[1]), merge=tk[2])  # type: ignore[arg-type]
-        fwd = {f: self.rt.group([m], tta) for f, m in self.loaded.groups[name].items()}
+        fwd = {f: self.rt.group([m], tta) for f, m in self.loaded.groups[name].items() if f in self.data.ids}
         return {str(i): pr.astype(np.float16) for i, pr in predict_oof(fwd, self.data, self.rt)}
 
     def _model_matrices(self, key: tuple[str, Any], temperature: float = 1.0) -> np.ndarray:
