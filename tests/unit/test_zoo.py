@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,27 @@ import pytest
 from helpers import random_blob, read_png, reference_masks
 
 import pipeline.data.demo as demo
-from pipeline.config import DataParams, MasksParams
+from pipeline.config import DataParams, MasksParams, from_dict
 from pipeline.data import coco_write
 from pipeline.data.coco import load_coco
 from pipeline.data.masks import build_masks
-from pipeline.data.zoo import compose, objects, textures
+from pipeline.data.zoo import compose, manyclass, objects, scenes, textures
 from pipeline.data.zoo.__main__ import main as zoo_main
 from pipeline.data.zoo.registry import ZOO, get
 from pipeline.errors import UserError
+from pipeline.leaderboard import score_submission
 from pipeline.paths import Layout
+from pipeline.submission import SubmissionFormat, write_submission
 
 # Per competition: tiny sizes and generator options, so every member is made in about a second.
 TINY: dict[str, dict[str, Any]] = {
     "objects": {"n_train": 24, "n_test": 6},
     "textures": {"n_train": 40, "n_test": 6},
+    "scenes": {"n_train": 8, "n_test": 3},
+    "aerial": {"n_train": 2, "n_test": 1, "height": 320, "width": 352},
+    "silhouette": {"n_train": 8, "n_test": 3},
+    "manyclass": {"n_train": 30, "n_test": 4},
+    "thin": {"n_train": 8, "n_test": 3},
 }
 
 
@@ -49,6 +57,7 @@ def digits_once() -> Any:
     images, labels = demo.load_digits()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(objects, "load_digits", lambda: (images.copy(), labels.copy()))
+        mp.setattr(scenes, "load_digits", lambda: (images.copy(), labels.copy()))
         yield
 
 
@@ -71,9 +80,22 @@ def make(name: str, root: Path, **overrides: Any) -> Made:
     return Made(name, root / "comp", root / "truth", counts, painted, kwargs["n_train"], layout)
 
 
-@pytest.fixture(scope="module", params=list(TINY))
-def made(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Made:
-    return make(request.param, tmp_path_factory.mktemp(request.param))
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Made]:
+    """Each tiny member, made once for the module, on first use."""
+    cache: dict[str, Made] = {}
+
+    def made_of(name: str) -> Made:
+        if name not in cache:
+            cache[name] = make(name, tmp_path_factory.mktemp(name))
+        return cache[name]
+
+    return made_of
+
+
+@pytest.fixture(params=list(TINY))
+def made(request: pytest.FixtureRequest, zoo: Callable[[str], Made]) -> Made:
+    return zoo(request.param)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -106,8 +128,26 @@ def test_standard_competition_layout(made: Made) -> None:
     )
     with open(made.comp / "sample_submission.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["id", "class", "predicted"]
-    assert rows[1:] == [[str(im["id"]), n, ""] for im in test["images"] for n in names]
+    if get(made.name).submission.get("class_column", "class") is None:  # binary: one row per image
+        assert len(names) == 1 and rows[0] == ["id", "predicted"]
+        assert rows[1:] == [[str(im["id"]), ""] for im in test["images"]]
+    else:
+        assert rows[0] == ["id", "class", "predicted"]
+        assert rows[1:] == [[str(im["id"]), n, ""] for im in test["images"] for n in names]
+
+
+def test_truth_scores_one_on_the_local_leaderboard_in_the_competitions_format(made: Made, tmp_path: Path) -> None:
+    """A submission made from the truth, in the sample's layout, scores mIoU and mBIoU 1 with the real scorer."""
+    fmt = from_dict(SubmissionFormat, get(made.name).submission, made.name)
+    test = load(made.comp / "test.json")
+    preds = [
+        (fmt.image_key(im["id"], im["file_name"]), read_png(made.truth / im["file_name"])) for im in test["images"]
+    ]
+    sub = write_submission(
+        preds, load(made.truth / "classes.json"), tmp_path / "s.csv", fmt, made.comp / "sample_submission.csv"
+    )
+    scores = score_submission(sub, made.truth, made.comp / "test.json", fmt)
+    assert scores["mIoU"] == pytest.approx(1.0) and scores["mBIoU"] == pytest.approx(1.0)
 
 
 def test_images_on_disk_are_what_was_painted(made: Made) -> None:
@@ -165,7 +205,8 @@ def test_objects_overlap_and_the_smaller_stays_on_top(made: Made) -> None:
                     overlaps += 1
                     small = i if decoded[i].sum() < decoded[j].sum() else j
                     assert (painted[alone] == anns[small]["category_id"]).all()
-    assert overlaps > 0
+    if made.name in ("objects", "scenes", "manyclass"):
+        assert overlaps > 0
 
 
 def _decode(seg: Any, h: int, w: int) -> np.ndarray:
@@ -212,12 +253,11 @@ def test_objects_rgb_96x128_all_ten_digits_from_disjoint_pools(tmp_path: Path) -
     assert im.shape == (96, 128, 3) and im.dtype == np.uint8
 
 
-def test_textures_one_rare_class_under_one_percent(tmp_path: Path) -> None:
-    counts = textures.generate(tmp_path / "c", tmp_path / "t", n_train=150, n_test=2)
-    share = counts["train_pixel_share"]
-    assert 0 < share[textures.RARE] < 0.01
-    assert all(share[c] > 3 * share[textures.RARE] for c in textures.CLASSES if c != textures.RARE)
-    assert read_png(tmp_path / "c" / "images" / "train_00000.png").shape == (128, 160, 3)
+def test_textures_one_rare_class_under_one_percent() -> None:
+    share = compose.pixel_shares(textures.renderer(), 80, 0, len(textures.CLASSES))
+    rare = textures.CLASSES.index(textures.RARE) + 1
+    assert 0 < share[rare] < 0.01
+    assert all(share[i + 1] > 3 * share[rare] for i, c in enumerate(textures.CLASSES) if c != textures.RARE)
 
 
 def test_patch_annotation_equals_whole_image_annotation() -> None:
@@ -256,3 +296,70 @@ def test_cli_writes_a_competition_and_rejects_unknown_names(tmp_path: Path, caps
     assert len(load(tmp_path / "c" / "train.json")["images"]) == 2
     with pytest.raises(UserError, match="unknown competition 'nope'.*objects"):
         get("nope")
+
+
+def test_scenes_256_rgb_with_a_rare_marker(zoo: Callable[[str], Made]) -> None:
+    made = zoo("scenes")
+    share = compose.pixel_shares(scenes.renderer(*scenes.load_digits()), 24, 0, len(scenes.CLASSES))
+    rare = scenes.CLASSES.index(scenes.RARE) + 1
+    assert 0 < share[rare] < 0.01 and all(share[i + 1] > 0.01 for i, c in enumerate(scenes.CLASSES) if i + 1 != rare)
+    assert made.painted[0][0].shape == (256, 256, 3)
+    assert all(3 <= len(np.unique(t)) for _, t in made.painted)  # 3-8 objects: at least 2 classes + background
+
+
+def test_aerial_large_tiles_with_hundreds_of_objects() -> None:
+    """At the default 2048x2048 the object count is ~140 per megapixel (checked on the render, not written)."""
+    from pipeline.data.zoo import aerial
+
+    rng = compose.image_rng(0, "train", 0)
+    counts = {c: int(rng.poisson(r * 2048 * 2048 / 1e6)) for c, r in aerial.PER_MPIX.items()}
+    assert sum(counts.values()) > 400 and counts["pool"] > 0
+
+
+def test_aerial_tiny_has_many_small_objects(zoo: Callable[[str], Made]) -> None:
+    made = zoo("aerial")
+    train = load(made.comp / "train.json")
+    per_image = np.bincount([a["image_id"] for a in train["annotations"]])
+    assert per_image[per_image > 0].min() >= 10  # ~140 per megapixel even at 320x352
+    areas = [a["area"] for a in train["annotations"]]
+    assert np.median(areas) < 40 * 40
+
+
+def test_silhouette_one_large_binary_object_with_thin_parts(zoo: Callable[[str], Made]) -> None:
+    made = zoo("silhouette")
+    from scipy import ndimage
+
+    train = load(made.comp / "train.json")
+    assert [c["name"] for c in train["categories"]] == ["horse"]
+    assert np.bincount([a["image_id"] for a in train["annotations"]]).max() == 1
+    for _, truth in made.painted:
+        fg = truth == 1
+        assert 0.05 < fg.mean() < 0.5 and set(np.unique(truth)) == {0, 1}
+        # fine parts: an opening with a 7x7 square removes legs and tail, a visible share of the horse
+        opened = ndimage.binary_opening(fg, np.ones((7, 7), bool))
+        assert (fg & ~opened).sum() > 0.08 * fg.sum()
+    assert made.painted[0][0].shape == (120, 160, 3)
+
+
+def test_manyclass_45_classes_long_tailed(zoo: Callable[[str], Made]) -> None:
+    made = zoo("manyclass")
+    assert len(manyclass.CLASSES) == 45
+    w = manyclass._WEIGHTS
+    assert w.max() / w.min() > 25
+    present = {int(c) for _, t in made.painted[: made.n_train] for c in np.unique(t)} - {0}
+    assert len(present) < 45  # 30 tiny images leave classes out, as a fold's validation does
+
+
+def test_thin_grayscale_160_with_thin_structures(zoo: Callable[[str], Made]) -> None:
+    made = zoo("thin")
+    from PIL import Image
+    from scipy import ndimage
+
+    im = load(made.comp / "train.json")["images"][0]
+    with Image.open(made.comp / "images" / im["file_name"]) as f:
+        assert (f.mode, f.size) == ("L", (160, 160))
+    for _, truth in made.painted:
+        fg = truth > 0
+        # thin: eroding with a 3x3 cross (what a 3-px-wide line barely survives) removes most of the pixels
+        assert ndimage.binary_erosion(fg).sum() < 0.35 * fg.sum()
+        assert fg.any()

@@ -93,6 +93,15 @@ def compose(background: np.ndarray, pieces: list[Piece]) -> tuple[np.ndarray, li
     return image, kept, truth
 
 
+def pixel_shares(render: Renderer, n: int, seed: int, k: int, split: str = "train") -> np.ndarray:
+    """The (k + 1,) class pixel shares of the first ``n`` images ``render`` draws, without writing anything."""
+    counts = np.zeros(k + 1, np.int64)
+    for i in range(n):
+        _, _, truth = compose(*render(split, image_rng(seed, split, i)))
+        counts += np.bincount(truth.ravel(), minlength=k + 1)[: k + 1]
+    return counts / counts.sum()
+
+
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """One generator per image, from (seed, split, index): a tiny zoo is the first images of the full-size one."""
     return np.random.default_rng([seed, SPLIT_CODES[split], index])

@@ -93,3 +93,44 @@ def shape_alpha(kind: str, height: int, width: int, rng: np.random.Generator) ->
         d.polygon(to_px(outline, 0.85, float(rng.uniform(0.45, 0.7))), fill=0)
     a = np.asarray(im, np.float32).reshape(height, _SS, width, _SS).mean(axis=(1, 3)) / 255.0
     return a
+
+
+def place(rng: np.random.Generator, canvas: tuple[int, int], h: int, w: int, out: float = 0.2) -> tuple[int, int]:
+    """A random top-left for an ``h`` x ``w`` patch; up to ``out`` of it may lie off the canvas on each side."""
+    top = int(rng.integers(-int(h * out), max(1, canvas[0] - h + int(h * out)) + 1))
+    left = int(rng.integers(-int(w * out), max(1, canvas[1] - w + int(w * out)) + 1))
+    return top, left
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H, W, 1) luma (ITU-R 601 weights)."""
+    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None]
+
+
+def polyline_alpha(points: list[tuple[float, float]], width_px: float, height: int, width: int) -> np.ndarray:
+    """An anti-aliased (height, width) alpha of a polyline through (x, y) ``points``, ``width_px`` pixels wide."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("L", (width * _SS, height * _SS), 0)
+    d = ImageDraw.Draw(im)
+    pts = [(x * _SS, y * _SS) for x, y in points]
+    lw = max(1, int(round(width_px * _SS)))
+    d.line(pts, fill=255, width=lw, joint="curve")
+    r = lw / 2
+    for x, y in (pts[0], pts[-1]):  # round caps: the ends of a vessel are not square
+        d.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    return np.asarray(im, np.float32).reshape(height, _SS, width, _SS).mean(axis=(1, 3)) / 255.0
+
+
+def rotated_rect_alpha(length: float, breadth: float, angle: float) -> np.ndarray:
+    """An anti-aliased alpha of a ``length`` x ``breadth`` rectangle turned by ``angle``, in its bounding box."""
+    from PIL import Image, ImageDraw
+
+    c, s = np.cos(angle), np.sin(angle)
+    corners = np.array([[-length, -breadth], [length, -breadth], [length, breadth], [-length, breadth]]) / 2
+    xy = corners @ np.array([[c, s], [-s, c]])
+    size = np.ceil(np.abs(xy).max(axis=0) * 2).astype(int) + 2  # (w, h) with a pixel of margin each side
+    im = Image.new("L", (int(size[0]) * _SS, int(size[1]) * _SS), 0)
+    pts = [((x + size[0] / 2) * _SS, (y + size[1] / 2) * _SS) for x, y in xy]
+    ImageDraw.Draw(im).polygon(pts, fill=255)
+    return np.asarray(im, np.float32).reshape(int(size[1]), _SS, int(size[0]), _SS).mean(axis=(1, 3)) / 255.0

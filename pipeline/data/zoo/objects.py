@@ -19,12 +19,26 @@ from pipeline.data.zoo.compose import Piece, write_competition
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def digit_piece(digit: np.ndarray, category_id: int, canvas: tuple[int, int], rng: np.random.Generator) -> Piece:
-    """One MNIST digit, cut to its box, scaled to 28-52 px tall, coloured and placed at random (maybe overlapping)."""
+def digit_piece(
+    digit: np.ndarray,
+    category_id: int,
+    canvas: tuple[int, int],
+    rng: np.random.Generator,
+    size: tuple[float, float] | None = None,
+) -> Piece:
+    """One MNIST digit cut to its box, coloured, placed at random (it may overlap others or leave the canvas).
+
+    Its height is ``size`` (a range of shares of the canvas height), or by default its own height scaled by
+    1.4-2.6 per 96 px of canvas (28-52 px for most digits on the ``objects`` canvas).
+    """
     rows, cols = np.nonzero(digit)
     d = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].astype(np.float32)
-    scale = canvas[0] / 96 * rng.uniform(1.4, 2.6)
-    h = max(8, int(round(d.shape[0] * scale)))
+    if size is None:
+        scale = canvas[0] / 96 * rng.uniform(1.4, 2.6)
+        h = max(8, int(round(d.shape[0] * scale)))
+    else:
+        h = max(8, int(round(canvas[0] * rng.uniform(*size))))
+        scale = h / d.shape[0]
     w = max(4, int(round(d.shape[1] * scale * rng.uniform(0.8, 1.25))))
     mask, alpha = draw.soft_mask(draw.resize(d, h, w), 60.0, 160.0)
     pixels = draw.shade(draw.vivid(rng), (h, w), rng)

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.data.zoo import objects, textures
+from pipeline.data.zoo import aerial, manyclass, objects, scenes, silhouette, textures, thin
 from pipeline.errors import UserError
 
 
@@ -28,6 +28,19 @@ ZOO: dict[str, Competition] = {
     for c in (
         Competition("objects", objects.generate, 900, 200, (160, 40), "coloured MNIST digits on photos, RGB 96x128"),
         Competition("textures", textures.generate, 700, 150, (160, 40), "5 real textures as classes, RGB 128x160"),
+        Competition("scenes", scenes.generate, 400, 100, (64, 16), "6 classes on photos, one under 1%, RGB 256x256"),
+        Competition("aerial", aerial.generate, 12, 4, (4, 2), "2048x2048 tiles, ~600 small objects each, 4 classes"),
+        Competition(
+            "silhouette",
+            silhouette.generate,
+            300,
+            80,
+            (80, 20),
+            "binary: one drawn horse per image, fine legs and tail, RGB 120x160",
+            {"class_column": None},  # the sample submission is id,predicted: one row per image
+        ),
+        Competition("manyclass", manyclass.generate, 600, 150, (120, 30), "45 classes (shape x colour), long tail"),
+        Competition("thin", thin.generate, 400, 100, (80, 20), "grayscale 160x160, vessels and wires 1-3 px wide"),
     )
 }
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from pipeline.errors import UserError
 
 # (source, row0, row1, col0, col1) in the source's own pixels. Chosen by eye on the photographs; each texture
 # region holds only that texture, and no background region holds any texture.
@@ -42,13 +46,10 @@ BACKGROUNDS: list[tuple[str, int, int, int, int]] = [
 def photo(name: str) -> np.ndarray:
     """A whole source image as float32 (H, W, 3): china, flower, grace, terrain or mri."""
     if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-
-        arr = np.asarray(load_sample_image(f"{name}.jpg"))
+        with Image.open(_sklearn_images() / f"{name}.jpg") as im:
+            arr = np.asarray(im.convert("RGB"))
     elif name == "grace":
-        import matplotlib.cbook as cbook
-
-        with cbook.get_sample_data("grace_hopper.jpg") as f, Image.open(f) as im:
+        with Image.open(_mpl_sample("grace_hopper.jpg")) as im:
             arr = np.asarray(im.convert("RGB"))
     elif name == "terrain":
         arr = _terrain()
@@ -63,12 +64,25 @@ def photo(name: str) -> np.ndarray:
     return arr
 
 
+def _sklearn_images() -> Path:
+    """scikit-learn's sample-image folder, found without importing scikit-learn (that takes seconds)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("zoo: scikit-learn is not installed (its sample photographs are zoo backgrounds)")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "images"
+
+
+def _mpl_sample(name: str) -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / name
+
+
 def _terrain() -> np.ndarray:
     """The Jacksboro fault elevation model, hill-shaded and tinted earth-brown: a real relief texture."""
-    import matplotlib.cbook as cbook
     from matplotlib.colors import LightSource
 
-    elevation = np.load(cbook.get_sample_data("jacksboro_fault_dem.npz", asfileobj=False))["elevation"]
+    elevation = np.load(_mpl_sample("jacksboro_fault_dem.npz"))["elevation"]
     shade = LightSource(azdeg=315, altdeg=45).hillshade(elevation, vert_exag=3)  # (H, W) in [0, 1]
     tint = np.array([0.85, 0.7, 0.5])
     return (shade[:, :, None] * tint * 255).astype(np.float32)
@@ -76,9 +90,7 @@ def _terrain() -> np.ndarray:
 
 def _mri() -> np.ndarray:
     """matplotlib's 256x256 MRI slice (big-endian 16-bit, values 0-215) stretched to 0-255 grayscale."""
-    import matplotlib.cbook as cbook
-
-    with gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)) as f:
+    with gzip.open(_mpl_sample("s1045.ima.gz")) as f:
         raw = np.frombuffer(f.read(), ">u2").reshape(256, 256).astype(np.float32)
     return raw * (255.0 / raw.max())
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.zoo import draw, sources
-from pipeline.data.zoo.compose import Piece, write_competition
+from pipeline.data.zoo.compose import Piece, Renderer, write_competition
 
 CLASSES = ["foliage", "petals", "terrain", "brain", "flag"]
 RARE = "brain"
@@ -34,6 +34,17 @@ def texture_piece(category_id: int, canvas: tuple[int, int], rng: np.random.Gene
     return Piece(category_id, top, left, alpha >= 0.5, pixels, alpha)
 
 
+def renderer(height: int = 128, width: int = 160) -> Renderer:
+    """The function that draws one ``textures`` image (background and pieces)."""
+
+    def render(split: str, rng: np.random.Generator) -> tuple[np.ndarray, list[Piece]]:
+        bg = sources.background(height, width, rng)
+        ids = rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), p=_WEIGHTS / _WEIGHTS.sum()) + 1
+        return bg, [texture_piece(int(c), (height, width), rng, CLASSES[c - 1] == RARE) for c in ids]
+
+    return render
+
+
 def generate(
     out: str | Path,
     truth: str | Path,
@@ -44,13 +55,7 @@ def generate(
     width: int = 160,
 ) -> dict[str, Any]:
     """Write the ``textures`` competition to ``out`` and its test truth to ``truth``; return counts."""
-
-    def render(split: str, rng: np.random.Generator) -> tuple[np.ndarray, list[Piece]]:
-        bg = sources.background(height, width, rng)
-        ids = rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), p=_WEIGHTS / _WEIGHTS.sum()) + 1
-        return bg, [texture_piece(int(c), (height, width), rng, CLASSES[c - 1] == RARE) for c in ids]
-
     return write_competition(
-        out, truth, "textures", CLASSES, render, n_train, n_test, seed,
+        out, truth, "textures", CLASSES, renderer(height, width), n_train, n_test, seed,
         f"zoo textures: shapes filled with 5 real textures on photographs, RGB {height}x{width}, '{RARE}' rare",
     )  # fmt: skip
