@@ -6,7 +6,7 @@ the competition (and ``infer.submission`` at its format). The pipeline never see
 points at nothing); the harness scores the written submission afterwards with the local leaderboard
 (:func:`pipeline.leaderboard.score_submission`). Variants:
 
-- ``fixed``: ``cnn_default`` as it is (its own 7 epochs);
+- ``fixed``: ``cnn_default`` as it is (its own 7 epochs; ``--small``: ``--small-epochs``, 1 by default);
 - ``fixed@budget``: the same with ``train.epochs`` scaled so training takes ``--budget-minutes`` (from the epoch time
   ``fixed`` measured), when a budget is given;
 - ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage); on a branch whose params.yaml has

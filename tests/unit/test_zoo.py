@@ -246,7 +246,7 @@ def test_objects_rgb_96x128_all_ten_digits_from_disjoint_pools(tmp_path: Path) -
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(objects, "digit_piece", spy)
         mp.setattr(compose, "image_rng", rng_spy)
-        counts = objects.generate(tmp_path / "c", tmp_path / "t", n_train=60, n_test=20)
+        counts = objects.generate(tmp_path / "c", tmp_path / "t", n_train=40, n_test=10)
     assert used["train"] and used["test"] and not used["train"] & used["test"]
     assert all(v > 0 for v in counts["train_pixel_share"].values())  # every digit class occurs
     im = read_png(tmp_path / "c" / "images" / "train_00000.png")
