@@ -1,0 +1,245 @@
+"""The zoo table: today's fixed default against the planned default on every zoo competition, at the same budget.
+
+For each competition of :mod:`pipeline.data.zoo` (generated into ``--work``, default sizes or ``--small``), the real
+stages run through ``dvc repro infer`` in a fresh copy of this project whose ``params.yaml`` points ``data.root`` at
+the competition (and ``infer.submission`` at its format). The pipeline never sees the test truth (``data.truth_dir``
+points at nothing); the harness scores the written submission afterwards with the local leaderboard
+(:func:`pipeline.leaderboard.score_submission`). Variants:
+
+- ``fixed``: ``cnn_default`` as it is (its own 7 epochs; ``--small``: ``--small-epochs``, 1 by default);
+- ``fixed@budget``: the same with ``train.epochs`` scaled so training takes ``--budget-minutes`` (from the epoch time
+  ``fixed`` measured), when a budget is given;
+- ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage); on a branch whose params.yaml has
+  no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
+
+Prints a table and writes it to ``bench/RESULTS.md`` (``--out``): competition, variant, local-leaderboard mIoU, mBIoU,
+minimum class IoU, train minutes (all folds and rounds, from each fold's metrics.json), and the plan's choices.
+
+    python bench/zoo.py [--competitions objects,silhouette] [--small] [--budget-minutes 30] [--folds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import from_dict  # noqa: E402
+from pipeline.data.zoo.registry import ZOO, Competition  # noqa: E402
+from pipeline.leaderboard import score_submission  # noqa: E402
+from pipeline.submission import SubmissionFormat  # noqa: E402
+
+NO_PLAN = "plan: not available on this branch"
+
+
+def repo_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files, without tests/ (what a fresh clone would hold)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    return sorted({f for f in out if f and not f.startswith(("tests/", "bench/zoo_work/")) and (REPO / f).is_file()})
+
+
+def copy_project(dest: Path) -> Path:
+    """A fresh copy of the project (no dvc.lock, no outputs) in ``dest``, as a git repository for DVC."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for f in repo_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def has_plan(params: dict[str, Any]) -> bool:
+    return isinstance(params.get("plan"), dict) and "enabled" in params["plan"]
+
+
+def set_params(root: Path, comp: Path, spec: Competition, small: bool, folds: int, **changes: Any) -> dict[str, Any]:
+    """Point the copy's params.yaml at the competition; ``changes`` are dotted keys (``train.epochs=12``)."""
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["data"]["root"] = str(comp)
+    params["data"]["truth_dir"] = str(root / "no_truth")  # the pipeline never sees the zoo's test truth
+    params["infer"]["submission"] = dict(spec.submission)
+    params["train"]["folds"] = list(range(folds))
+    if small:
+        params["pseudo"]["rounds"] = 0
+        params["infer"]["tta_select_images"] = min(params["infer"]["tta_select_images"], 64)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        params.setdefault(section, {})[name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def run_variant(
+    root: Path, comp: Path, truth: Path, spec: Competition, small: bool, folds: int, timeout: float, **changes: Any
+) -> dict[str, Any]:
+    """Run ``dvc repro infer`` in ``root`` with ``changes``; score the submission. A failed run is a row too."""
+    copy_project(root)
+    set_params(root, comp, spec, small, folds, **changes)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env.pop("PYTHONPATH", None)  # the copy's own pipeline/ is the one imported
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    t0 = time.time()
+    try:
+        proc = subprocess.run(
+            ["dvc", "repro", "infer"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        log = proc.stdout + proc.stderr
+        failed = None if proc.returncode == 0 else _last_error(log)
+    except subprocess.TimeoutExpired as e:
+        log = str(e.stdout or "") + str(e.stderr or "")
+        failed = f"timed out after {timeout / 60:.0f} min"
+    (root / "bench_zoo.log").write_text(log, encoding="utf-8")
+    row: dict[str, Any] = {"wall_minutes": (time.time() - t0) / 60, "train_minutes": train_minutes(root)}
+    row["plan"] = plan_choices(root)
+    if failed:
+        return {**row, "error": failed}
+    fmt = from_dict(SubmissionFormat, spec.submission, f"zoo {spec.name}: submission")
+    scores = score_submission(root / "submissions" / "submission.csv", truth, comp / "test.json", fmt)
+    ious = [v["IoU"] for k, v in scores["per_class"].items() if k != "background" and not math.isnan(v["IoU"])]
+    return {**row, "mIoU": scores["mIoU"], "mBIoU": scores["mBIoU"], "min_IoU": min(ious) if ious else float("nan")}
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    hits = [ln for ln in lines if ln.startswith(("error", "ERROR", "Error")) or "Error:" in ln]
+    return (hits[0] if hits else lines[-1] if lines else "failed")[:160]
+
+
+def train_minutes(root: Path) -> float:
+    """Training time of every fold and round, from each fold's metrics.json (0 when none trained)."""
+    total = sum(
+        json.loads(p.read_text()).get("train_seconds", 0.0) for p in root.glob("work/r*/models/*/*/metrics.json")
+    )
+    return total / 60
+
+
+def epochs_trained(root: Path) -> int:
+    return sum(json.loads(p.read_text()).get("epochs", 0) for p in root.glob("work/r*/models/*/*/metrics.json"))
+
+
+def plan_choices(root: Path) -> str:
+    """A one-line summary of ``work/plan.yaml`` (its scalar choices), or '' when the plan did not run."""
+    path = root / "work" / "plan.yaml"
+    if not path.is_file():
+        return ""
+    plan = yaml.safe_load(path.read_text()) or {}
+    flat: list[str] = []
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k not in ("why", "reason", "reasons"):
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif not isinstance(obj, list) or len(obj) <= 4:
+            flat.append(f"{prefix}={obj}")
+
+    walk("", plan)
+    return "; ".join(flat)[:300]
+
+
+def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Generate one competition and run its variants; return the table rows."""
+    work = Path(args.work).resolve() / spec.name
+    comp, truth = work / "competition", work / "truth"
+    n_train, n_test = spec.small if args.small else (spec.n_train, spec.n_test)
+    if not (comp / "test.json").is_file() or args.regenerate:
+        print(f"[{spec.name}] generating {n_train} train / {n_test} test images", flush=True)
+        spec.generate(comp, truth, n_train=n_train, n_test=n_test, seed=args.seed)
+    common = {"spec": spec, "small": args.small, "folds": args.folds, "timeout": args.timeout_minutes * 60}
+    rows = []
+    extra: dict[str, Any] = {"train.epochs": args.small_epochs} if args.small else {}
+    print(f"[{spec.name}] fixed default", flush=True)
+    fixed = run_variant(work / "fixed", comp, truth, **common, **extra)
+    rows.append({"competition": spec.name, "variant": "fixed", **fixed})
+    if args.budget_minutes and "error" not in fixed and epochs_trained(work / "fixed"):
+        per_epoch = fixed["train_minutes"] / epochs_trained(work / "fixed")
+        epochs = max(1, int(args.budget_minutes / (per_epoch * args.folds)))
+        if epochs * args.folds == epochs_trained(work / "fixed"):  # the budget buys what `fixed` trained
+            print(f"[{spec.name}] fixed default at the budget: {epochs} epochs, as run", flush=True)
+            scaled = fixed
+        else:
+            print(f"[{spec.name}] fixed default at the budget: {epochs} epochs", flush=True)
+            scaled = run_variant(work / "fixed_budget", comp, truth, **common, **{"train.epochs": epochs})
+        rows.append({"competition": spec.name, "variant": f"fixed@budget ({epochs} ep)", **scaled})
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    if not has_plan(base):
+        print(f"[{spec.name}] {NO_PLAN}", flush=True)
+        rows.append({"competition": spec.name, "variant": "planned", "error": NO_PLAN})
+    else:
+        print(f"[{spec.name}] planned default", flush=True)
+        plan = {"plan.enabled": True, "plan.budget_minutes": float(args.budget_minutes or 30.0)}
+        planned = run_variant(work / "planned", comp, truth, **common, **plan)
+        rows.append({"competition": spec.name, "variant": "planned", **planned})
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = "| competition | variant | LB mIoU | mBIoU | min class IoU | train min | plan's choices |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r and "mIoU" not in r:
+            lines.append(f"| {r['competition']} | {r['variant']} | - | - | - | {r.get('train_minutes', 0):.1f} | "
+                         f"{r['error']} |")  # fmt: skip
+            continue
+        lines.append(
+            f"| {r['competition']} | {r['variant']} | {r['mIoU']:.4f} | {r['mBIoU']:.4f} | {r['min_IoU']:.4f} | "
+            f"{r['train_minutes']:.1f} | {r['plan'] or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--competitions", default=",".join(ZOO), help=f"comma-separated, from {', '.join(ZOO)}")
+    ap.add_argument("--small", action="store_true", help="small competitions, no pseudo round, --small-epochs")
+    ap.add_argument("--small-epochs", type=int, default=1, help="epochs of the fixed default in --small mode")
+    ap.add_argument("--budget-minutes", type=float, default=None, help="training budget of every variant")
+    ap.add_argument("--folds", type=int, default=5, help="folds to train (the first N of folds.k)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "segpipe_zoo"), help="competitions, copies")
+    ap.add_argument("--regenerate", action="store_true", help="generate the competitions again")
+    ap.add_argument("--timeout-minutes", type=float, default=120.0, help="per pipeline run")
+    ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.competitions.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        ap.error(f"unknown competition(s) {', '.join(unknown)} (choose from {', '.join(ZOO)})")
+    rows = [row for name in names for row in bench_competition(ZOO[name], args)]
+    text = table(rows)
+    print(text)
+    mode = "small" if args.small else "default sizes"
+    budget = f"{args.budget_minutes:g} min" if args.budget_minutes else "none (each variant's own epochs)"
+    header = (
+        f"# Zoo results\n\n`python bench/zoo.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+        f"({mode}, {args.folds} fold(s), budget {budget}, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs).\n"
+        "LB: the local leaderboard on the held-back test truth (the pipeline never saw it); min class IoU over the "
+        "foreground classes in the test truth; train min: all folds and rounds.\n\n"
+    )
+    Path(args.out).write_text(header + text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
