@@ -77,7 +77,10 @@ def set_params(root: Path, comp: Path, spec: Competition, small: bool, folds: in
     path = root / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["data"]["root"] = str(comp)
-    params["data"]["truth_dir"] = str(root / "no_truth")  # the pipeline never sees the zoo's test truth
+    # the pipeline never sees the zoo's test truth: an empty folder of its own (the infer stage's dep must exist)
+    (root / "no_truth").mkdir(exist_ok=True)
+    (root / "no_truth" / "README").write_text("no truth: the bench scores the submission itself\n")
+    params["data"]["truth_dir"] = str(root / "no_truth")
     params["infer"]["submission"] = dict(spec.submission)
     params["train"]["folds"] = list(range(folds))
     if small:
@@ -168,7 +171,9 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
         spec.generate(comp, truth, n_train=n_train, n_test=n_test, seed=args.seed)
     common = {"spec": spec, "small": args.small, "folds": args.folds, "timeout": args.timeout_minutes * 60}
     rows = []
-    extra: dict[str, Any] = {"train.epochs": args.small_epochs} if args.small else {}
+    extra: dict[str, Any] = {"plan.enabled": False}  # today's fixed default: cnn_default as it is
+    if args.small:
+        extra["train.epochs"] = args.small_epochs
     print(f"[{spec.name}] fixed default", flush=True)
     fixed = run_variant(work / "fixed", comp, truth, **common, **extra)
     rows.append({"competition": spec.name, "variant": "fixed", **fixed})
@@ -180,7 +185,7 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
             scaled = fixed
         else:
             print(f"[{spec.name}] fixed default at the budget: {epochs} epochs", flush=True)
-            scaled = run_variant(work / "fixed_budget", comp, truth, **common, **{"train.epochs": epochs})
+            scaled = run_variant(work / "fixed_budget", comp, truth, **common, **{**extra, "train.epochs": epochs})
         rows.append({"competition": spec.name, "variant": f"fixed@budget ({epochs} ep)", **scaled})
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     if not has_plan(base):

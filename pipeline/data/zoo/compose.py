@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.coco_write import patch_annotation
+from pipeline.data.truth import write_truth_record
 from pipeline.io import atomic_dir, write_png
 
 SPLIT_CODES = {"train": 0, "test": 1}
@@ -170,6 +171,7 @@ def write_competition(
             {"index": c["id"], "name": c["name"], "coco_id": c["id"]} for c in categories
         ]
         _dump(truth_dir / "classes.json", truth_classes)
+        write_truth_record(truth_dir, comp / "test.json")  # the leaderboard scores only this competition against it
     return {
         "train_images": n_train,
         "test_images": n_test,
