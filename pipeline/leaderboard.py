@@ -45,7 +45,9 @@ def decode_submission(
                     "leaderboard: key_format submissions are scored through their sample's columns; "
                     "use id and class columns"
                 )
-            image, label = str(row[fmt.id_column]), str(row[fmt.class_column])
+            image = str(row[fmt.id_column])
+            # A single-class layout (id,predicted: Carvana) has no class column: its one class is the label.
+            label = str(row[fmt.class_column]) if fmt.class_column is not None else next(iter(label_to_index))
             m = rle.decode(str(row[pred]), shapes[image], fmt.rle)
             masks[image][m] = label_to_index[label]
         elif fmt.layout == "per_image":

@@ -130,3 +130,52 @@ def annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray, i
         "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
         "iscrowd": int(iscrowd),
     }
+
+
+def patch_annotation(
+    ann_id: int,
+    image_id: int,
+    category_id: int,
+    patch: np.ndarray,
+    top: int,
+    left: int,
+    height: int,
+    width: int,
+) -> dict[str, Any]:
+    """:func:`annotation` of a mask that is ``patch`` at (``top``, ``left``) on a ``height`` x ``width`` image.
+
+    Never builds the whole-image mask for polygons, so large images with many small objects stay cheap. The
+    polygons are checked on a window of the image one pixel wider than the patch on each side (clipped to the
+    image): pycocotools rasterises integer vertices the same way wherever they sit, and the window keeps any
+    image border where it really is. Masks with holes, or that polygons miss, become a whole-image RLE.
+    """
+    ph, pw = patch.shape
+    if top < 0 or left < 0 or top + ph > height or left + pw > width:
+        raise ValueError(f"patch {ph}x{pw} at ({top}, {left}) does not fit a {height}x{width} image")
+    m = patch.astype(bool)
+    ys, xs = np.nonzero(m)
+    seg: list[list[float]] | dict[str, Any] | None = None
+    if not has_holes(m):
+        y0, x0 = max(0, top - 1), max(0, left - 1)
+        y1, x1 = min(height, top + ph + 1), min(width, left + pw + 1)
+        window = np.zeros((y1 - y0, x1 - x0), bool)
+        window[top - y0 : top - y0 + ph, left - x0 : left - x0 + pw] = m
+        polys = trace_polygons(window)
+        if polys:
+            decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, y1 - y0, x1 - x0)))
+            if np.array_equal(decoded.astype(bool), window):
+                seg = [[v + (x0 if k % 2 == 0 else y0) for k, v in enumerate(p)] for p in polys]
+    if seg is None:
+        full = np.zeros((height, width), bool)
+        full[top : top + ph, left : left + pw] = m
+        seg = encode_rle(full)
+    bx0, by0 = left + int(xs.min()), top + int(ys.min())
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": seg,
+        "area": int(m.sum()),
+        "bbox": [bx0, by0, left + int(xs.max()) - bx0 + 1, top + int(ys.max()) - by0 + 1],
+        "iscrowd": 0,
+    }
