@@ -1,7 +1,13 @@
 """Which augmentations the data allows, decided by a short probe on one fold (issue 15, item 3).
 
 A transform is a valid training augmentation when it maps the data onto images whose labels still hold: mirrored
-digits are not digits, a rotated aerial tile is still an aerial tile. The probe measures this directly. It trains
+digits are not digits, a rotated aerial tile is still an aerial tile. The probe measures this in two steps.
+
+First, for free, the training masks: a flip negates the skewness of every region, a quarter turn its log aspect
+ratio; where a class's mean moment is far from 0 (t > 4 and |mean| > 0.1, e.g. most digits lean one way, all are
+taller than wide) the data is not closed under that transform and it is left out.
+
+Then it trains
 the model briefly *without* any augmentation, then scores it on the fold's validation images passed through each
 candidate transform (the prediction mapped back, as TTA does). Where the data is closed under the transform (both
 orientations of a car occur in the photos, textures look alike at any rotation) a model that never saw the
@@ -123,6 +129,52 @@ def candidate_transforms(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The masks' own symmetry: free, and decisive where one class has a handedness (digits, letters, arrows)
+
+MIN_T, MIN_EFFECT, MIN_REGIONS = 4.0, 0.1, 8  # a class is chiral when its mean moment is both significant and large
+
+
+def shape_moments(masks: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """Per foreground class, one row per (image, class) region: x skewness, y skewness and log(std_y / std_x).
+
+    A mirror image negates the x skewness, a vertical flip the y skewness, a quarter turn the log aspect. If the data
+    holds each orientation as often as its transform, the class means are 0 within their standard errors.
+    """
+    rows: dict[int, list[tuple[float, float, float]]] = {}
+    for m in masks:
+        for c in np.unique(m):
+            if c == 0 or c == 255:
+                continue
+            y, x = np.nonzero(m == c)
+            if len(x) < 16:
+                continue
+            sx, sy = x.std(), y.std()
+            if sx < 1 or sy < 1:
+                continue
+            skx = float(((x - x.mean()) ** 3).mean() / sx**3)
+            sky = float(((y - y.mean()) ** 3).mean() / sy**3)
+            rows.setdefault(int(c), []).append((skx, sky, float(np.log(sy / sx))))
+    return {c: np.array(r) for c, r in rows.items()}
+
+
+def chiral_classes(masks: Sequence[np.ndarray], column: int) -> list[tuple[int, float, float]]:
+    """Classes whose moment ``column`` of :func:`shape_moments` has a mean far from 0: (class, mean, t)."""
+    out = []
+    for c, r in sorted(shape_moments(masks).items()):
+        if len(r) < MIN_REGIONS:
+            continue
+        v = r[:, column]
+        mean, se = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) + 1e-12
+        if abs(mean) > MIN_EFFECT and abs(mean / se) > MIN_T:
+            out.append((c, mean, mean / se))
+    return out
+
+
+SYMMETRY_COLUMN = {"hflip": 0, "vflip": 1, "rot90": 2}
+MOMENT_NAME = {0: "x skewness", 1: "y skewness", 2: "log height/width"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The probe
 
 
@@ -197,6 +249,7 @@ def choose_augmentations(
     steps: int | None = None,
     threshold: float = THRESHOLD,
     candidates: Sequence[str] | None = None,
+    max_val_images: int = 128,
     device: str = "cpu",
 ) -> AugmentPlan:
     """Decide which of the candidate augmentations the data allows (see the module docstring).
@@ -210,6 +263,7 @@ def choose_augmentations(
         steps: train exactly this many steps instead (deterministic; the tests use it).
         threshold: keep a transform when the probe model keeps this share of its validation mIoU under it.
         candidates: a subset of ``hflip, vflip, rot90, scale, photometric`` (default: all that apply).
+        max_val_images: score on the first this many validation images (each candidate costs 1-2 passes).
         device: ``cpu`` or ``cuda``.
 
     Returns:
@@ -224,20 +278,45 @@ def choose_augmentations(
         raise UserError(f"augment probe: unknown candidate {unknown[0]!r}; valid: {', '.join(AUGMENTS)}")
     bare = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, augment=[]))
     train_ds = SegDataset(train_images, train_masks, build_transform(bare, train=True, seed=cfg.recipe.seed))
-    val_ds = SegDataset(val_images, val_masks, build_transform(bare, train=False))
+    val_ds = SegDataset(val_images[:max_val_images], val_masks[:max_val_images], build_transform(bare, train=False))
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise UserError("augment probe: the fold needs training and validation images")
+    kept, reasons, augments = [], [], []
+    # 1. the training masks' symmetry: a class with a handedness rules its transform out before any training
+    train_masks_arrays = [train_ds.original_mask(i) for i in range(len(train_ds))]
+    chiral: dict[str, str] = {}
+    for name in names:
+        if name in SYMMETRY_COLUMN:
+            found = chiral_classes(train_masks_arrays, SYMMETRY_COLUMN[name])
+            if found:
+                c, mean, t = max(found, key=lambda f: abs(f[2]))
+                what = MOMENT_NAME[SYMMETRY_COLUMN[name]]
+                chiral[name] = (
+                    f"{name}: off (the training masks are not closed under it: class {c} has mean {what} "
+                    f"{mean:+.2f}, t = {t:+.1f}; {len(found)} such class(es))"
+                )
+    # 2. a short training without augmentation, scored on the validation images under each remaining transform
     model = _fit(bare, train_ds, num_classes, 0.75 * seconds, steps, dev)
     ident = [(_identity, _identity)]
     scores = {"identity": _score(model, val_ds, num_classes, ident, dev, cfg.recipe.cpu_bf16)}
     base = scores["identity"]
-    kept, reasons, augments = [], [], []
     for name in names:
+        if name in chiral:
+            reasons.append(chiral[name])
+            continue
         s = _score(model, val_ds, num_classes, transforms[name], dev, cfg.recipe.cpu_bf16)
         scores[name] = s
         ratio = s / base if base > 0 else math.nan
         if base < MIN_BASE:
-            reasons.append(f"{name}: off (probe model too weak to judge: val mIoU {base:.3f} < {MIN_BASE})")
+            if name in SYMMETRY_COLUMN:  # the masks are symmetric under it: keep it on their word
+                kept.append(name)
+                augments += AUGMENTS[name]
+                reasons.append(
+                    f"{name}: on (no class of the training masks has a handedness under it; the probe model is "
+                    f"too weak to check more: val mIoU {base:.3f} < {MIN_BASE})"
+                )
+            else:
+                reasons.append(f"{name}: off (probe model too weak to judge: val mIoU {base:.3f} < {MIN_BASE})")
         elif ratio >= threshold:
             kept.append(name)
             augments += AUGMENTS[name]
