@@ -14,7 +14,7 @@ import torch
 from pipeline.augment_probe import AUGMENTS, choose_augmentations
 from pipeline.config import Augment, ModelConfig, from_dict
 from pipeline.errors import UserError
-from pipeline.io import write_png
+from pipeline.io import read_mask, write_png
 
 SIZE = 32
 
@@ -78,6 +78,9 @@ def test_the_probe_keeps_the_flip_that_preserves_labels_and_drops_the_one_that_s
         torch.set_num_threads(threads)
     base = plan.scores["identity"]
     assert base > 0.6, plan.scores  # the probe model learnt the task, so its verdicts mean something
+    # the weak-model floor: predicting background everywhere, by hand: background IoU = its pixel share, 0 for 1, 2
+    truth = np.stack([read_mask(m) for m in triangles[3]])
+    assert plan.scores["all_background"] == pytest.approx((truth == 0).mean() / 3, abs=1e-9)
     # the masks rule hflip out before training (each class leans one way along x), so it is never scored
     assert "hflip" not in plan.scores
     assert plan.reasons[0].startswith("hflip: off (the training masks are not closed under it: class ")
