@@ -13,6 +13,7 @@ pipeline's own ``train_fold`` and prints one line: fold val mIoU, best epoch, se
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -85,7 +86,7 @@ def main() -> None:
             plan.reasons
         )
     else:
-        name = args.name or f"{args.config}-{abs(hash(args.set)) % 10**6}"
+        name = args.name or f"{args.config}-{hashlib.sha256(args.set.encode()).hexdigest()[:8]}"
         shutil.rmtree(layout.model_dir(name, args.fold), ignore_errors=True)
         train = TrainParams(models=[name], folds=[args.fold], device="cpu", threads=args.threads)
         m = train_fold(cfg, name, args.fold, layout, data, train, progress=False)
