@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import from_dict  # noqa: E402
 from pipeline.data.zoo.registry import ZOO, Competition  # noqa: E402
 from pipeline.leaderboard import score_submission  # noqa: E402
-from pipeline.submission import SubmissionFormat  # noqa: E402
+from pipeline.submission.format import SubmissionFormat  # noqa: E402
 
 NO_PLAN = "plan: not available on this branch"
 

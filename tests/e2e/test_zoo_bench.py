@@ -13,7 +13,7 @@ from helpers import REPO, read_png
 
 from pipeline.data.zoo import silhouette
 from pipeline.leaderboard import decode_submission
-from pipeline.submission import SubmissionFormat
+from pipeline.submission.format import SubmissionFormat
 
 pytestmark = pytest.mark.slow
 

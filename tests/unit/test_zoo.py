@@ -26,7 +26,8 @@ from pipeline.data.zoo.registry import ZOO, get
 from pipeline.errors import UserError
 from pipeline.leaderboard import score_submission
 from pipeline.paths import Layout
-from pipeline.submission import SubmissionFormat, write_submission
+from pipeline.submission.format import SubmissionFormat
+from pipeline.submission.writer import write_submission
 
 # Per competition: tiny sizes and generator options, so every member is made in about a second.
 TINY: dict[str, dict[str, Any]] = {
@@ -124,7 +125,7 @@ def test_standard_competition_layout(made: Made) -> None:
         {"index": i + 1, "name": n, "coco_id": i + 1} for i, n in enumerate(names)
     ]
     assert sorted(p.name for p in made.truth.iterdir()) == sorted(
-        ["classes.json"] + [im["file_name"] for im in test["images"]]
+        ["classes.json", "competition.json"] + [im["file_name"] for im in test["images"]]
     )
     with open(made.comp / "sample_submission.csv", newline="") as f:
         rows = list(csv.reader(f))
