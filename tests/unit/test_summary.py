@@ -139,7 +139,7 @@ def test_prediction_grid_shows_the_decoded_submission(tmp_path: Path, fmt: Submi
 def test_the_report_shows_the_leaderboard_only_for_this_competitions_truth(tmp_path: Path, capsys) -> None:
     params, layout, _, pairs = _competition(tmp_path / "a", SubmissionFormat(), truth_matches=True)
     text = write_summary(params, layout)
-    assert "## Local leaderboard" in text and "mIoU **0.5000**" in text
+    assert "## Local leaderboard" in text and "`miou` (the competition metric, params `metric.name`) **0.5000**" in text
     want = ref_miou(list(pairs.values()), K)  # the OOF table: fold 0 is the only fold
     assert f"| m | {want:.4f} |" in text
     summary = json.loads((layout.metrics_dir / "summary.json").read_text())
