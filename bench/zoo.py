@@ -166,7 +166,7 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
     work = Path(args.work).resolve() / spec.name
     comp, truth = work / "competition", work / "truth"
     n_train, n_test = spec.small if args.small else (spec.n_train, spec.n_test)
-    if not (comp / "test.json").is_file() or args.regenerate:
+    if not (comp / "test.json").is_file() or not (truth / "competition.json").is_file() or args.regenerate:
         print(f"[{spec.name}] generating {n_train} train / {n_test} test images", flush=True)
         spec.generate(comp, truth, n_train=n_train, n_test=n_test, seed=args.seed)
     common = {"spec": spec, "small": args.small, "folds": args.folds, "timeout": args.timeout_minutes * 60}
