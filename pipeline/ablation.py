@@ -13,7 +13,8 @@ Nothing here is tuned on the test truth: every choice (the fold, the TTA set, th
 truth only scores the result. Models of row 4 that are not trained yet are trained here (round 1, every fold).
 
 Use: ``python -m pipeline.ablation --extra-model cnn_fpn`` after ``dvc repro``; writes ``reports/ablation.md`` and
-``metrics/ablation.json``.
+``metrics/ablation.json``. ``--seeds 3`` repeats the loop over three training seeds through ``dvc exp run`` and gives
+every figure as mean ± sd, with each gain called distinguishable or not (``pipeline/repeats.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipeline.errors import UserError, run_cli
 from pipeline.infer import run_ensemble
 from pipeline.io import read_json, write_json, write_text
 from pipeline.paths import Layout
+from pipeline.repeats import repeats_markdown, run_repeats
 from pipeline.train import train_round
 
 
@@ -164,12 +166,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="a second model config for the multi-model row (configs/models/NAME.yaml; trained here if needed)",
     )
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="repeat over N training seeds (--first-seed, +1, ...; each through `dvc exp run`): mean ± sd per row",
+    )
+    ap.add_argument("--first-seed", type=int, default=0, metavar="S", help="the first seed of --seeds (default 0)")
     args = ap.parse_args(argv)
-    params = load_params(args.params)
     layout = Layout()
-    rows = run_ablation(params, layout, args.extra_model)
-    table = ablation_markdown(rows)
-    write_json(layout.metrics_dir / "ablation.json", rows)
+    if args.seeds is not None:
+        agg = run_repeats(args.params, layout, args.seeds, args.extra_model, args.first_seed)
+        table = repeats_markdown(agg)
+        write_json(layout.metrics_dir / "ablation.json", agg)
+        seed = load_params(args.params).train.seed
+        print(f"--- repeats: the workspace is at train.seed={seed} (the last seed run); `dvc exp show` lists them all")
+    else:
+        rows = run_ablation(load_params(args.params), layout, args.extra_model)
+        table = ablation_markdown(rows)
+        write_json(layout.metrics_dir / "ablation.json", rows)
     write_text(layout.reports_dir / "ablation.md", "# Ablation on the local leaderboard\n\n" + table)
     print(table)
     return 0

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from helpers import REPO
 from test_dvc_foundation import repo_files, run
 
@@ -18,15 +21,21 @@ from pipeline.submission.validate import validate_submission
 pytestmark = pytest.mark.slow
 
 
-def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
-    root = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the repo with the fast profile as params.yaml, after one `dvc repro`: its root and the output."""
+    root = tmp_path_factory.mktemp("fast") / "repo"
     for f in repo_files():
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, root / f)
     (root / "dvc.lock").unlink(missing_ok=True)
     shutil.copy2(REPO / "profiles" / "fast.yaml", root / "params.yaml")
     run(root, "git", "init", "-q")
-    out = run(root, "dvc", "repro").stdout
+    return root, run(root, "dvc", "repro").stdout
+
+
+def test_fast_profile_runs_every_stage(fast_run: tuple[Path, str]) -> None:
+    root, out = fast_run
     for stage in (
         "demo",
         "masks",
@@ -65,3 +74,42 @@ def test_fast_profile_runs_every_stage(tmp_path: Path) -> None:
     shown = run(root, "dvc", "metrics", "show").stdout
     assert "metrics/infer.json" in shown and "metrics/summary.json" in shown
     assert "up to date" in run(root, "dvc", "status").stdout
+
+
+def test_repeats_over_seeds_through_dvc_exp_run(fast_run: tuple[Path, str]) -> None:
+    """`python -m pipeline.ablation --seeds 2`: seed 0 is the run just made (DVC re-runs nothing), seed 1 retrains
+    through `dvc exp run`; each seed's rows score that seed's submissions, and the table is their mean ± sd."""
+    root, _ = fast_run
+    seed0_lb = json.loads((root / "metrics" / "infer.json").read_text())["leaderboard"]["mIoU"]
+    seed0_ck = torch.load(root / "work/r1/models/auto/fold0/best.pt", map_location="cpu", weights_only=True)
+    run(root, "git", "add", "-A")
+    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fast run")  # dvc exp needs a HEAD
+    out = run(root, sys.executable, "-m", "pipeline.ablation", "--seeds", "2").stdout
+    assert "seed 0: dvc exp run -S train.seed=0" in out and "seed 1: dvc exp run -S train.seed=1" in out
+    assert "train.seed: 1" in (root / "params.yaml").read_text().replace("  ", " ")
+    seeds = {s: json.loads((root / "metrics" / "ablation" / f"seed{s}.json").read_text()) for s in (0, 1)}
+    rows = {s: {r["row"]: r for r in seeds[s]["rows"]} for s in (0, 1)}
+    assert list(rows[0]) == ["single", "folds", "tta", "pseudo"]
+    # the pseudo row is the `dvc repro` submission of its seed, scored again: seed 0's equals the first infer stage's,
+    # seed 1's the infer stage's of the seed-1 run
+    assert rows[0]["pseudo"]["lb_mIoU"] == pytest.approx(seed0_lb, abs=1e-12)
+    seed1_lb = json.loads((root / "metrics" / "infer.json").read_text())["leaderboard"]["mIoU"]
+    assert rows[1]["pseudo"]["lb_mIoU"] == pytest.approx(seed1_lb, abs=1e-12)
+    # seed 1 really trained other models: the checkpoint records recipe.seed + 1 and other weights
+    seed1_ck = torch.load(root / "work/r1/models/auto/fold0/best.pt", map_location="cpu", weights_only=True)
+    assert seed1_ck["config"]["recipe"]["seed"] == seed0_ck["config"]["recipe"]["seed"] + 1
+    name = next(iter(seed0_ck["ema"]))
+    assert not torch.equal(seed0_ck["ema"][name], seed1_ck["ema"][name])
+    # the aggregate against numpy over the per-seed rows
+    agg = json.loads((root / "metrics" / "ablation.json").read_text())
+    assert agg["seeds"] == [0, 1]
+    for row in agg["rows"]:
+        values = [rows[s][row["row"]]["lb_mIoU"] for s in (0, 1)]
+        assert row["lb_mIoU"]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert row["lb_mIoU"]["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+    gains = [rows[s]["folds"]["lb_mIoU"] - rows[s]["single"]["lb_mIoU"] for s in (0, 1)]
+    assert agg["rows"][1]["gain"]["mean"] == pytest.approx(np.mean(gains), abs=1e-9)
+    assert "± " in (root / "reports" / "ablation.md").read_text()
+    # a re-run keeps both seeds: nothing is reproduced or re-scored
+    again = run(root, sys.executable, "-m", "pipeline.ablation", "--seeds", "2").stdout
+    assert again.count("rows kept from") == 2 and "dvc exp run" not in again
