@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import from_dict  # noqa: E402
 from pipeline.data.zoo.registry import ZOO, Competition  # noqa: E402
 from pipeline.leaderboard import score_submission  # noqa: E402
+from pipeline.plan.summary import plan_summary  # noqa: E402
 from pipeline.submission.format import SubmissionFormat  # noqa: E402
 
 NO_PLAN = "plan: not available on this branch"
@@ -142,23 +143,9 @@ def epochs_trained(root: Path) -> int:
 
 
 def plan_choices(root: Path) -> str:
-    """A one-line summary of ``work/plan.yaml`` (its scalar choices), or '' when the plan did not run."""
+    """The plan's key choices on one line (:func:`pipeline.plan.summary.plan_summary`); '' when it did not run."""
     path = root / "work" / "plan.yaml"
-    if not path.is_file():
-        return ""
-    plan = yaml.safe_load(path.read_text()) or {}
-    flat: list[str] = []
-
-    def walk(prefix: str, obj: Any) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if k not in ("why", "reason", "reasons"):
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif not isinstance(obj, list) or len(obj) <= 4:
-            flat.append(f"{prefix}={obj}")
-
-    walk("", plan)
-    return "; ".join(flat)[:300]
+    return plan_summary(yaml.safe_load(path.read_text()) or {}) if path.is_file() else ""
 
 
 def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[str, Any]]:
