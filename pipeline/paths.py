@@ -74,8 +74,8 @@ class Layout:
 
     # pseudo-labelling: one set per fold (leak-free) or one shared set ("all")
     def pseudo_metrics(self, round_: int) -> Path:
-        """The pseudo stage's summary for the labels round ``round_``'s models make (``pseudo.json`` for round 1)."""
-        return self.metrics_dir / ("pseudo.json" if round_ == 1 else f"pseudo_r{round_}.json")
+        """The pseudo stage's summary for the labels round ``round_``'s models make."""
+        return self.metrics_dir / f"pseudo_r{round_}.json"
 
     def pseudo_dir(self, round_: int, fold: int | str) -> Path:
         return self.round_dir(round_) / "pseudo" / f"fold{fold}"

@@ -27,8 +27,51 @@ from pipeline.config import InferParams, Params
 from pipeline.paths import Layout
 
 
+def _substitute(obj: Any, values: dict[str, Any]) -> Any:
+    """``obj`` with ``${name}`` of a stage's own ``vars`` replaced (``${item.x}`` and params stay templates)."""
+    if isinstance(obj, str):
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(values[m[1]]) if m[1] in values else m[0], obj)
+    if isinstance(obj, list):
+        return [_substitute(v, values) for v in obj]
+    if isinstance(obj, dict):
+        return {_substitute(k, values): _substitute(v, values) for k, v in obj.items()}
+    return obj
+
+
 def load_stages() -> dict[str, dict[str, Any]]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, YAML anchors merged (``<<:``) and each stage's own ``vars`` (the round) substituted."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        values = {k: v for entry in stage.get("vars", []) for k, v in entry.items()}
+        out[name] = _substitute({k: v for k, v in stage.items() if k != "vars"}, values)
+    return out
+
+
+def test_later_rounds_are_one_template_each() -> None:
+    """Rounds are an axis: pseudo_r2 is pseudo and train_r3 is train_r2 with another round (a YAML merge of one
+    anchor, nothing else); the resolved stages differ only in the round numbers."""
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    text = (REPO / "dvc.yaml").read_text()
+    for base, later, anchor in (("pseudo", "pseudo_r2", "pseudo_round"), ("train_r2", "train_r3", "train_later")):
+        assert f"  {base}: &{anchor}\n" in text and f"  {later}:\n    <<: *{anchor}\n    vars:\n" in text
+        assert {k: v for k, v in raw[later].items() if k != "vars"} == {
+            k: v for k, v in raw[base].items() if k != "vars"
+        }
+    lay = Layout()
+    for round_ in (1, 2):
+        st = STAGES["pseudo" if round_ == 1 else f"pseudo_r{round_}"]
+        assert st["cmd"] == f"python -m stages.pseudo --round {round_}"
+        assert out_paths(st) == {lay.pseudo_dir(round_, "x").parent.as_posix(), lay.pseudo_metrics(round_).as_posix()}
+        assert lay.round_dir(round_).joinpath("models").as_posix() in st["deps"]
+    for round_ in (2, 3):
+        st = STAGES[f"train_r{round_}"]
+        assert st["cmd"].endswith(f"--round {round_}")
+        prev = lay.round_dir(round_ - 1)
+        assert {(prev / "pseudo").as_posix(), (prev / "models/${item.model}/fold${item.fold}").as_posix()} <= set(
+            st["deps"]
+        )
+        assert next(iter(st["outs"][0])) == (lay.round_dir(round_) / "models/${item.model}/fold${item.fold}").as_posix()
 
 
 def stage_body(stage: dict[str, Any]) -> dict[str, Any]:
