@@ -226,7 +226,7 @@ class FoldsParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    models: list[str] = dataclasses.field(default_factory=lambda: ["cnn_default"])  # configs/models/<name>.yaml
+    models: list[str] = dataclasses.field(default_factory=lambda: ["auto"])  # configs/models/<name>.yaml
     folds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4])
     epochs: int | None = None  # overrides every model's recipe.epochs (the fast profile uses it); null keeps them
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -249,9 +249,9 @@ class PseudoParams:
     threshold: float = 0.9  # pixels whose top-class probability is below become ignore (255)
     min_confident: float = 0.8  # drop an image whose confident-pixel share is below this
     source: Literal["leak_free", "full"] = "leak_free"  # leak_free: round-2 fold k learns from fold-k models only
-    init_from_previous: bool = False  # round 2 starts from the round-1 fold weights
-    epochs: int | None = None  # epochs of rounds 2+; null: the same as round 1
-    lr_scale: float = 1.0  # rounds 2+ train at recipe.lr x this (e.g. below 1 when starting from round-1 weights)
+    init_from_previous: bool = True  # round 2 starts from the round-1 fold weights
+    epochs: int | None = 2  # epochs of rounds 2+; null: the same as round 1
+    lr_scale: float = 0.3  # rounds 2+ train at recipe.lr x this (e.g. below 1 when starting from round-1 weights)
     tta: Literal["auto", "config", "none"] = "config"  # TTA of the pseudo-labelling ensemble
 
 
@@ -278,9 +278,9 @@ class InferParams:
     # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls
     # back to the config's TTA set and equal weights instead, and metrics/infer.json and the ledger record it
     allow_fallback: bool = False
-    # TTA candidates (auto); null: the plan's (work/plan.yaml), or these defaults without a plan
-    tta_flips: list[Literal["hflip", "vflip"]] | None = dataclasses.field(default_factory=lambda: ["hflip", "vflip"])
-    tta_scales: list[float] | None = dataclasses.field(default_factory=lambda: [0.75, 1.25])
+    # TTA candidates (auto); null: the plan's (work/plan.yaml), or pipeline/plan/apply.py UNPLANNED_INFER without one
+    tta_flips: list[Literal["hflip", "vflip"]] | None = None
+    tta_scales: list[float] | None = None
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
     tta_select_images: int = 800  # OOF images used to choose the TTA set (0: all)
     batched_tta: bool = True  # augmented copies of one size go through the model as one batch
@@ -289,13 +289,13 @@ class InferParams:
     # ensemble tile_batch at a time and are blended back at the image's size (test images, OOF and pseudo-labels)
     # false: whole images, batch_size at a time (each config's pad or resize policy); null: the plan decides
     # (work/plan.yaml: on for random crops of large images), off without a plan
-    sliding: bool | None = False
+    sliding: bool | None = None
     tile: tuple[int, int] | None = None  # (H, W) of a tile; null: the model configs' input_size (they must agree)
     tile_overlap: float = 0.25  # share of the tile that neighbouring tiles overlap by, in [0, 1)
     tile_blend: Literal["gaussian", "constant"] = "gaussian"  # gaussian: nnU-Net importance map (sigma = tile/8)
     tile_batch: int = 16  # tiles per model call
     output: str = "submissions/submission.csv"
-    overlays: int = 0  # PNG overlays of the first N test predictions (reports/overlays/)
+    overlays: int = 8  # PNG overlays of the first N test predictions (reports/overlays/)
     # pipeline.submission.SubmissionFormat fields (rle: {order, start_index, starts, empty}, layout, id_column,
     # class_column, prediction_column, key_format, class_value, id_source, dense_size); checked as strictly, but
     # loaded where it is used so that the config module (imported by every stage) does not depend on it
@@ -309,8 +309,8 @@ class PlanParams:
     Anything set explicitly (a non-null key in ``params.yaml``, a key present in a model config file) wins over it.
     """
 
-    enabled: bool = False  # false: every choice is today's fixed one (the plan only records them)
-    budget_minutes: float = 20.0  # the whole training on this machine: every model, fold and round, and the probe
+    enabled: bool = True  # false: every choice is today's fixed one (the plan only records them)
+    budget_minutes: float = 21.0  # the whole training on this machine: every model, fold and round, and the probe
     probe_steps: int = 5  # timed training steps of each candidate (after 2 untimed warm-up steps)
     min_epochs: int = 2  # fewer would not fit: the plan shrinks the model's work (samples or size) instead
     max_epochs: int = 100  # a larger budget than this needs is left unspent (and the plan says so)

@@ -30,6 +30,8 @@ from pipeline.paths import Layout
 
 NESTED = ("recipe", "tta")  # mappings whose keys count one by one as explicit
 PLAN_INFER_KEYS = ("sliding", "tta_flips", "tta_scales")  # null in params.yaml: the plan decides
+# ... and what they are without a plan (plan.enabled: false, or a plan that left one out)
+UNPLANNED_INFER = {"sliding": False, "tta_flips": ["hflip", "vflip"], "tta_scales": [0.75, 1.25]}
 PLAN_VERSION = 1
 
 
@@ -164,14 +166,13 @@ def planned_config(name: str, layout: Layout, params: Params) -> ModelConfig:
 
 def planned_params(params: Params, layout: Layout) -> Params:
     """``params`` with the inference keys left null (``infer.sliding``, ``tta_flips``, ``tta_scales``) filled: from
-    the plan when ``plan.enabled``, else with their defaults. Explicit values are kept as they are."""
+    the plan when ``plan.enabled``, else with ``UNPLANNED_INFER``. Explicit values are kept as they are."""
     p = params.infer
     unset = [k for k in PLAN_INFER_KEYS if getattr(p, k) is None]
     if not unset:
         return params
-    defaults = InferParams()
     planned = read_plan(layout).get("infer", {}) if params.plan.enabled else {}
-    values = {k: planned[k]["value"] if k in planned else getattr(defaults, k) for k in unset}
+    values = {k: planned[k]["value"] if k in planned else UNPLANNED_INFER[k] for k in unset}
     checked = from_dict(InferParams, values, f"{layout.plan_yaml}: infer")  # only the unset keys are read and set
     return dataclasses.replace(params, infer=dataclasses.replace(p, **{k: getattr(checked, k) for k in unset}))
 

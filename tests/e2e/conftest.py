@@ -104,7 +104,17 @@ def project_params(root: Path) -> dict[str, Any]:
         "masks": {"workers": 1},
         "folds": {"k": 2, "seed": 0},
         "train": {"models": [MODEL], "folds": [0, 1], "device": "cpu", "threads": 1, "preload": True},
-        "pseudo": {"rounds": 1, "threshold": 0.5, "min_confident": 0.0, "source": "leak_free", "tta": "none"},
+        "pseudo": {
+            "rounds": 1,
+            "threshold": 0.5,
+            "min_confident": 0.0,
+            "source": "leak_free",
+            "tta": "none",
+            "init_from_previous": False,
+            "epochs": None,
+            "lr_scale": 1.0,
+        },
+        "plan": {"enabled": False},
         "infer": {
             "round": 1,
             "tta": "auto",

@@ -161,3 +161,8 @@ def test_model_config_errors_name_nested_keys(tmp_path: Path) -> None:
     path.write_text("decoder: Unet\nencoder: resnet18\nrecipe:\n  grad_clip: null\n  layer_decay: 0.65\n")
     cfg = load_model_config(path)
     assert cfg.recipe.grad_clip is None and cfg.recipe.layer_decay == 0.65
+
+
+def test_code_defaults_equal_params_yaml() -> None:
+    """A key left out of params.yaml (or a Params() built in code) means what params.yaml says."""
+    assert load_params(REPO / "params.yaml") == Params()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Params, TtaConfig
+from pipeline.config import Params, TrainParams, TtaConfig
 from pipeline.ensemble.choose import no_tta, oof_unavailable, resolve_tta
 from pipeline.ensemble.members import Member
 from pipeline.errors import UserError
@@ -51,7 +51,7 @@ def test_oof_present_means_available(tmp_path: Path) -> None:
 
 def test_missing_timings_are_unknown_not_zero(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
-    params = Params()
+    params = Params(train=TrainParams(models=["cnn_default"]))
     write_json(layout.timing_path("demo"), {"seconds": 10.04})
     # one of the five folds recorded its training time: the round's total is unknown, not a partial sum
     write_json(layout.model_dir("cnn_default", 0, 1) / "metrics.json", {"train_seconds": 3.0})
