@@ -348,8 +348,8 @@ def probe_fold(
     layout: Layout, data: DataParams, cfg: ModelConfig, fold: int = 0, seconds: float = 60.0, **kwargs: Any
 ) -> AugmentPlan:
     """:func:`choose_augmentations` on fold ``fold`` of the saved folds (masks and classes from the masks stage)."""
+    from pipeline.data.folds import fold_split
     from pipeline.io import read_json
-    from pipeline.train import fold_split  # the training module is heavy; only the plan stage needs this path
 
     split = fold_split(layout, data, fold)
     n = len(read_json(layout.classes_json))

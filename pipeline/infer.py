@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline.config import Params, load_params
 from pipeline.data.dataset import SegDataset
+from pipeline.distributed import resolve_device
 from pipeline.ensemble.choose import oof_unavailable
 from pipeline.ensemble.data import test_set
 from pipeline.ensemble.members import (
@@ -46,7 +47,6 @@ from pipeline.ensemble.members import (
     find_members,
     load_members,
     members_from_checkpoints,
-    resolve_device,
     windowed,
 )
 from pipeline.ensemble.plan import Plan, plan_ensemble
