@@ -136,7 +136,7 @@ def run_ensemble(
     return report
 
 
-def predict_test(
+def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument is a piece it already built
     params: Params,
     layout: Layout,
     loaded: Loaded,
