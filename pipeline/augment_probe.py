@@ -238,7 +238,57 @@ def _score(
     return min(scores)
 
 
-def choose_augmentations(
+def _chiral_reasons(masks: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, str]:
+    """Candidate name -> why it is off, for each candidate some class of ``masks`` has a handedness under."""
+    chiral: dict[str, str] = {}
+    for name in names:
+        if name in SYMMETRY_COLUMN:
+            found = chiral_classes(masks, SYMMETRY_COLUMN[name])
+            if found:
+                c, mean, t = max(found, key=lambda f: abs(f[2]))
+                what = MOMENT_NAME[SYMMETRY_COLUMN[name]]
+                chiral[name] = (
+                    f"{name}: off (the training masks are not closed under it: class {c} has mean {what} "
+                    f"{mean:+.2f}, t = {t:+.1f}; {len(found)} such class(es))"
+                )
+    return chiral
+
+
+def _all_background_miou(val_ds: SegDataset, num_classes: int) -> float:
+    """The validation mIoU of predicting background everywhere: the floor a probe model must clear to judge."""
+    cm = ConfusionMatrix(num_classes)
+    for i in range(len(val_ds)):
+        truth = torch.from_numpy(val_ds.original_mask(i))
+        cm.update(torch.zeros_like(truth, dtype=torch.long)[None], truth[None])
+    return float(mean_iou(cm))
+
+
+def _verdict(name: str, s: float, base: float, background: float, threshold: float) -> tuple[bool, str]:
+    """Whether candidate ``name`` is on, and why: its val mIoU ``s`` against the unaugmented ``base``, when the
+    probe model beats all-background (``background``) by :data:`MIN_GAIN`; else on the masks' symmetry alone."""
+    ratio = s / base if base > 0 else math.nan
+    if base < background + MIN_GAIN:
+        if name in SYMMETRY_COLUMN:  # the masks are symmetric under it: keep it on their word
+            return True, (
+                f"{name}: on (no class of the training masks has a handedness under it; the probe model is "
+                f"too weak to check more: val mIoU {base:.3f}, all-background {background:.3f})"
+            )
+        return False, (
+            f"{name}: off (the probe model is too weak to judge it: val mIoU {base:.3f}, "
+            f"all-background {background:.3f})"
+        )
+    if ratio >= threshold:
+        return True, (
+            f"{name}: on (a model trained without it keeps {ratio:.0%} of its val mIoU under it: "
+            f"{s:.3f} vs {base:.3f}, so the labels hold)"
+        )
+    return False, (
+        f"{name}: off (it drops the unaugmented model's val mIoU to {ratio:.0%}: {s:.3f} vs {base:.3f}, "
+        f"so it changes what the pixels mean)"
+    )
+
+
+def choose_augmentations(  # noqa: PLR0913 - one fold's split plus five keyword-only probe knobs (Args)
     cfg: ModelConfig,
     train_images: Sequence[Path],
     train_masks: Sequence[Path],
@@ -284,61 +334,22 @@ def choose_augmentations(
         raise UserError("augment probe: the fold needs training and validation images")
     kept, reasons, augments = [], [], []
     # 1. the training masks' symmetry: a class with a handedness rules its transform out before any training
-    train_masks_arrays = [train_ds.original_mask(i) for i in range(len(train_ds))]
-    chiral: dict[str, str] = {}
-    for name in names:
-        if name in SYMMETRY_COLUMN:
-            found = chiral_classes(train_masks_arrays, SYMMETRY_COLUMN[name])
-            if found:
-                c, mean, t = max(found, key=lambda f: abs(f[2]))
-                what = MOMENT_NAME[SYMMETRY_COLUMN[name]]
-                chiral[name] = (
-                    f"{name}: off (the training masks are not closed under it: class {c} has mean {what} "
-                    f"{mean:+.2f}, t = {t:+.1f}; {len(found)} such class(es))"
-                )
+    chiral = _chiral_reasons([train_ds.original_mask(i) for i in range(len(train_ds))], names)
     # 2. a short training without augmentation, scored on the validation images under each remaining transform
     model = _fit(bare, train_ds, num_classes, 0.75 * seconds, steps, dev)
     ident = [(_identity, _identity)]
     scores = {"identity": _score(model, val_ds, num_classes, ident, dev, cfg.recipe.cpu_bf16)}
-    base = scores["identity"]
-    cm = ConfusionMatrix(num_classes)
-    for i in range(len(val_ds)):
-        truth = torch.from_numpy(val_ds.original_mask(i))
-        cm.update(torch.zeros_like(truth, dtype=torch.long)[None], truth[None])
-    scores["all_background"] = float(mean_iou(cm))
-    floor = scores["all_background"] + MIN_GAIN
+    scores["all_background"] = _all_background_miou(val_ds, num_classes)
     for name in names:
         if name in chiral:
             reasons.append(chiral[name])
             continue
-        s = _score(model, val_ds, num_classes, transforms[name], dev, cfg.recipe.cpu_bf16)
-        scores[name] = s
-        ratio = s / base if base > 0 else math.nan
-        if base < floor:
-            if name in SYMMETRY_COLUMN:  # the masks are symmetric under it: keep it on their word
-                kept.append(name)
-                augments += AUGMENTS[name]
-                reasons.append(
-                    f"{name}: on (no class of the training masks has a handedness under it; the probe model is "
-                    f"too weak to check more: val mIoU {base:.3f}, all-background {floor - MIN_GAIN:.3f})"
-                )
-            else:
-                reasons.append(
-                    f"{name}: off (the probe model is too weak to judge it: val mIoU {base:.3f}, "
-                    f"all-background {floor - MIN_GAIN:.3f})"
-                )
-        elif ratio >= threshold:
+        scores[name] = _score(model, val_ds, num_classes, transforms[name], dev, cfg.recipe.cpu_bf16)
+        on, reason = _verdict(name, scores[name], scores["identity"], scores["all_background"], threshold)
+        reasons.append(reason)
+        if on:
             kept.append(name)
             augments += AUGMENTS[name]
-            reasons.append(
-                f"{name}: on (a model trained without it keeps {ratio:.0%} of its val mIoU under it: "
-                f"{s:.3f} vs {base:.3f}, so the labels hold)"
-            )
-        else:
-            reasons.append(
-                f"{name}: off (it drops the unaugmented model's val mIoU to {ratio:.0%}: {s:.3f} vs {base:.3f}, "
-                f"so it changes what the pixels mean)"
-            )
     for name in (n for n in (candidates or list(AUGMENTS)) if n not in transforms):
         reasons.append(f"{name}: off (the input {cfg.input_size[0]}x{cfg.input_size[1]} is not square)")
     return AugmentPlan(augments, reasons, kept, scores, round(time.monotonic() - t0, 1))
@@ -348,8 +359,8 @@ def probe_fold(
     layout: Layout, data: DataParams, cfg: ModelConfig, fold: int = 0, seconds: float = 60.0, **kwargs: Any
 ) -> AugmentPlan:
     """:func:`choose_augmentations` on fold ``fold`` of the saved folds (masks and classes from the masks stage)."""
+    from pipeline.data.folds import fold_split
     from pipeline.io import read_json
-    from pipeline.train import fold_split  # the training module is heavy; only the plan stage needs this path
 
     split = fold_split(layout, data, fold)
     n = len(read_json(layout.classes_json))

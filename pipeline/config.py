@@ -49,7 +49,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def _convert(tp: Any, value: Any, where: str) -> Any:  # noqa: C901 - one branch per annotation kind, in order
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline.config import Params, load_params
 from pipeline.data.dataset import SegDataset
+from pipeline.distributed import resolve_device
 from pipeline.ensemble.choose import oof_unavailable
 from pipeline.ensemble.data import test_set
 from pipeline.ensemble.members import (
@@ -46,7 +47,6 @@ from pipeline.ensemble.members import (
     find_members,
     load_members,
     members_from_checkpoints,
-    resolve_device,
     windowed,
 )
 from pipeline.ensemble.plan import Plan, plan_ensemble
@@ -136,7 +136,7 @@ def run_ensemble(
     return report
 
 
-def predict_test(
+def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument is a piece it already built
     params: Params,
     layout: Layout,
     loaded: Loaded,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from pipeline.config import Params, TtaConfig
 from pipeline.data.dataset import SegDataset
+from pipeline.distributed import resolve_device
 from pipeline.ensemble.choose import TtaSearch, oof_unavailable, resolve_tta
 from pipeline.ensemble.data import oof_data, test_set
 from pipeline.ensemble.members import (
@@ -28,7 +29,6 @@ from pipeline.ensemble.members import (
     Runtime,
     find_members,
     load_members,
-    resolve_device,
     windowed,
 )
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png

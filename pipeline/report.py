@@ -220,7 +220,7 @@ def rank_images(scores: Sequence[float] | np.ndarray, n: int) -> tuple[list[int]
     return worst, best
 
 
-def plot_examples(
+def plot_examples(  # noqa: PLR0913 - the figure's data (images, truth, predictions) and its display options
     dest: str | os.PathLike[str],
     images: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],

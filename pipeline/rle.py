@@ -163,7 +163,9 @@ def parse_integers(text: str) -> np.ndarray:
     raise RleError(f"character {bad.group(0) if bad else text[:1]!r} is not an ASCII digit, '-' or space")
 
 
-def parse_runs(text: str, fmt: RleFormat = KAGGLE, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def parse_runs(  # noqa: C901 - one check per way a run-length string is malformed, each with its message
+    text: str, fmt: RleFormat = KAGGLE, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Parse and check ``start length`` text.
 
     Args:

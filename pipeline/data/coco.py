@@ -76,7 +76,7 @@ class _Problems:
         self.counts[kind] += 1
 
 
-def load_coco(
+def load_coco(  # noqa: C901, PLR0915 - one check per malformation, each with its own message
     path: str | os.PathLike[str], require_annotations: bool = True, on_error: Literal["fail", "skip"] = "fail"
 ) -> CocoData:
     """Read and validate a COCO json (structure, ids, segmentations). Image files are checked by the caller."""
@@ -263,7 +263,7 @@ def check_annotation_fields(ann: dict[str, Any]) -> str | None:
     return None
 
 
-def check_segmentation(seg: Any, height: int, width: int) -> str | None:
+def check_segmentation(seg: Any, height: int, width: int) -> str | None:  # noqa: C901 - a check per way to be wrong
     """Why ``seg`` is not a valid COCO segmentation for an image of this size, or None when it is.
 
     Polygon points may lie outside the image by up to the image's own size (pycocotools clips them to the image,

@@ -7,13 +7,15 @@ on their pooled presence counts, so a group never spans two folds.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from pipeline.config import FoldsParams
+from pipeline.config import DataParams, FoldsParams
 from pipeline.errors import UserError
 from pipeline.io import digest_set, read_json, write_csv
 from pipeline.paths import Layout
@@ -116,3 +118,33 @@ def read_folds(layout: Layout) -> pd.DataFrame:
     if not layout.folds_csv.is_file():
         raise UserError(f"{layout.folds_csv} not found: run the folds stage first (dvc repro folds)")
     return pd.read_csv(layout.folds_csv)
+
+
+@dataclasses.dataclass
+class FoldSplit:
+    """Paths of one fold's training and validation images and masks."""
+
+    train_images: list[Path]
+    train_masks: list[Path]
+    val_ids: list[int]
+    val_images: list[Path]
+    val_masks: list[Path]
+
+
+def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tuple[Path, Path]] = ()) -> FoldSplit:
+    """Split the saved folds: fold ``fold`` validates, the rest (plus ``extra`` image/mask pairs) train.
+
+    ``extra`` (e.g. pseudo-labelled test images) only ever joins the training side.
+    """
+    folds = read_folds(layout)
+    if fold not in set(folds["fold"]):
+        raise UserError(f"fold {fold} is not in {layout.folds_csv} (folds 0..{folds['fold'].max()})")
+    images_root = Path(data.root) / data.images_dir
+    tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
+    return FoldSplit(
+        train_images=[images_root / f for f in tr["file_name"]] + [p for p, _ in extra],
+        train_masks=[layout.mask_path(i) for i in tr["image_id"]] + [m for _, m in extra],
+        val_ids=[int(i) for i in va["image_id"]],
+        val_images=[images_root / f for f in va["file_name"]],
+        val_masks=[layout.mask_path(i) for i in va["image_id"]],
+    )

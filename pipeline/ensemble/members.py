@@ -109,11 +109,6 @@ def load_members(members: Sequence[Member], device: torch.device) -> Loaded:
     return out
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``cuda`` when asked for (or ``auto``) and available, else the CPU."""
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 class GroupForward(nn.Module):
     """One model config's fold models with a TTA set: (B, 3, H, W) -> (B, C, H, W) log-probabilities.
 

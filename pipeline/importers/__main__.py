@@ -66,7 +66,7 @@ def _rle_format(args: argparse.Namespace) -> SubmissionFormat:
         raise UserError(str(e)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one argparse sub-parser per importer
     ap = argparse.ArgumentParser(prog="python -m pipeline.importers", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="kind", required=True)
 

@@ -272,7 +272,7 @@ class CompetitionWriter:
         self._ids: set[int] = set()
         self._next_id = 1
 
-    def add(
+    def add(  # noqa: C901 - validates each keyword-only way of giving an image (pixels, source, size, id)
         self,
         split: SplitName,
         file_name: str,

@@ -192,7 +192,7 @@ def decode_image(
     return masks
 
 
-def import_rle_csv(
+def import_rle_csv(  # noqa: PLR0913 - the CLI's options, passed by name; each documented under Args
     csv: str | os.PathLike[str],
     images: str | os.PathLike[str],
     out: str | os.PathLike[str],

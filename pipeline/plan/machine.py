@@ -106,7 +106,7 @@ class OutOfMemory(Exception):
     """The candidate batch does not fit in device memory."""
 
 
-def measure_step(
+def measure_step(  # noqa: PLR0915 - the timed steps read in order: build, warm up, time train, time val
     cfg: Any,
     model_name: str,
     num_classes: int,

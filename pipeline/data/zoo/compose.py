@@ -108,7 +108,7 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 
-def write_competition(
+def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a competition is named and holds
     out: str | Path,
     truth: str | Path,
     name: str,

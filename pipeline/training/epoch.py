@@ -1,0 +1,89 @@
+"""One epoch: a pass of optimiser steps over the training loader, then the validation that scores it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.data.dataset import SegDataset
+from pipeline.errors import UserError
+from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
+from pipeline.oof import scores as oof_scores
+from pipeline.predict import iter_logits
+from pipeline.training.checkpoint import TrainState
+from pipeline.training.context import Context
+from pipeline.training.setup import Optimisation
+
+
+def train_one_epoch(
+    opt: Optimisation, loader: DataLoader, ctx: Context, state: TrainState, desc: str
+) -> tuple[float, int]:
+    """Step over every batch of ``loader`` (``state.step`` counts the steps; ``desc`` labels the progress bar).
+
+    Returns:
+        The epoch's mean training loss over every process's batches, and the images trained on (all processes).
+    """
+    opt.net.train()
+    loss_sum, n = torch.zeros((), device=ctx.device), 0
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.bars, mininterval=2.0, leave=False):
+        x, y = ctx.inputs(batch)  # (B, 3, H, W) float32, (B, H, W) int64
+        try:
+            with ctx.autocast():
+                loss = opt.criterion(opt.net(x), y)
+        except ValueError as e:
+            if "Expected more than 1 value per channel" not in str(e):
+                raise
+            raise UserError(
+                f"{ctx.run.model}: a batch of {x.shape[0]} image(s) per process is too small for this model's "
+                f"BatchNorm on pooled features (e.g. UPerNet's pyramid pooling); set recipe.batch_size to at "
+                f"least {2 * ctx.ddp.world} in {ctx.run.model_config}"
+            ) from e
+        opt.step(loss, state.step)
+        state.step += 1
+        loss_sum += loss.detach()
+        n += 1
+    ctx.ddp.mean(loss_sum)  # every rank's share: the logged loss is the global mean
+    return float(loss_sum) / max(1, n), n * ctx.per_process_batch * ctx.ddp.world
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, val_ds: SegDataset, ctx: Context) -> dict[str, Any]:
+    """Validation metrics over the fold's validation images (sharded over processes, matrices all-reduced).
+
+    Returns :func:`pipeline.metrics.summarize`'s dict (mIoU, mBIoU, aAcc, per_class, ...) with ``metric`` (its
+    name) and ``score``: the competition metric (:mod:`pipeline.oof`), which picks the best epoch.
+    """
+    model.eval()
+    ddp, classes = ctx.ddp, ctx.classes
+    per_image = ctx.metric != "miou"  # dataset mIoU needs only the summed matrix: keep no per-image copies for it
+    cm, biou = ConfusionMatrix(len(classes), per_image=per_image), BoundaryIoU(len(classes))
+    subset: Any = val_ds
+    if ddp.world > 1:
+        subset = torch.utils.data.Subset(val_ds, list(range(ddp.rank, len(val_ds), ddp.world)))
+        # Subset re-indexes items; the dataset's own index is kept in item["index"] so sizes still resolve
+    sizes = lambda i: val_ds.original_mask(i).shape  # noqa: E731
+    for idx, logits in iter_logits(
+        model, subset, ctx.device, ctx.batch_size, sizes, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
+    ):
+        pred = logits.argmax(1).cpu()
+        truth = torch.from_numpy(np.stack([val_ds.original_mask(int(i)) for i in idx]))
+        cm.update(pred, truth)
+        biou.update(pred, truth)
+    matrix, b_inter, b_union = (torch.as_tensor(v) for v in (cm.matrix, biou.intersection, biou.union))
+    images = cm.image_matrices if per_image else None  # (N, C, C) on this rank
+    if ddp.world > 1:
+        for t in (matrix, b_inter, b_union):
+            dist.all_reduce(t)
+        if per_image:  # every rank's images, for a per-image mean over the whole validation set
+            parts: list[Any] = [None] * ddp.world
+            dist.all_gather_object(parts, images)
+            images = np.concatenate(parts)
+    out = summarize(matrix.numpy(), [c["name"] for c in classes], boundary=boundary_iou_scores(b_inter, b_union))
+    s = oof_scores(images if images is not None else matrix.numpy()[None], ctx.metric)
+    out["metric"], out["score"] = s["metric"], s["score"]
+    return out

@@ -1,0 +1,90 @@
+"""The end of a run: the best checkpoint's out-of-fold probabilities, ``metrics.json`` and the fold's report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.data.dataset import SegDataset
+from pipeline.io import load_torch, read_image, write_json, write_npz
+from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
+from pipeline.models.registry import build_model
+from pipeline.predict import iter_logits
+from pipeline.training.context import Context
+
+
+def finish_fold(
+    val_ds: SegDataset, val_ids: list[int], cfg: ModelConfig, history: list[dict[str, Any]], ctx: Context
+) -> dict[str, Any]:
+    """Reload the best checkpoint, write out-of-fold probabilities and metrics.json; return the metrics."""
+    out_dir, classes = ctx.run.out_dir, ctx.classes
+    ck = load_torch(out_dir / "best.pt")
+    model = build_model(cfg, len(classes)).to(ctx.device)
+    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    probs: dict[str, np.ndarray] = {}
+    preds: dict[int, np.ndarray] = {}
+    sizes = lambda i: val_ds.original_mask(i).shape  # noqa: E731
+    for idx, logits in iter_logits(
+        model, val_ds, ctx.device, ctx.batch_size, sizes, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
+    ):
+        p = torch.softmax(logits, 1).half().cpu().numpy()  # (B, C, H, W) float16
+        for j, i in enumerate(idx.tolist()):
+            probs[str(val_ids[i])] = p[j]
+            preds[i] = p[j].argmax(0).astype(np.uint8)
+    write_npz(out_dir / "oof.npz", **probs)
+    fold_report(out_dir, val_ds, [preds[i] for i in range(len(val_ds))], classes)
+    m = ck["metrics"]
+    metrics = {
+        "best_epoch": ck["best_epoch"],
+        "val_mIoU": m["mIoU"],
+        "metric": m.get("metric", "miou"),  # the competition metric that chose the best epoch, and its score
+        "val_score": m.get("score", m["mIoU"]),
+        "val_mBIoU": m["mBIoU"],
+        "val_aAcc": m["aAcc"],
+        "epochs": len(history),
+        "train_seconds": round(sum(r["seconds"] for r in history), 1),
+        "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()},
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def fold_report(out_dir: Path, val_ds: SegDataset, preds: list[np.ndarray], classes: list[dict[str, Any]]) -> None:
+    """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG, and a
+    grid of the worst and best validation images (image / truth / prediction / error)."""
+    from pipeline.metrics import image_miou
+    from pipeline.report import format_table, plot_confusion_matrix, plot_examples, write_tables
+
+    names = [c["name"] for c in classes]
+    cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
+    truths = [val_ds.original_mask(i) for i in range(len(val_ds))]
+    for t, p in zip(truths, preds):
+        cm.update(p, t)
+        biou.update(p, t)
+    summary = summarize(cm, names, boundary=biou)
+    print(format_table(summary))
+    write_tables(summary, out_dir / "per_class.csv", out_dir / "per_class.md")
+    plot_confusion_matrix(cm.matrix, names, out_dir / "confusion.png")
+    images = _LazyImages(val_ds.images)  # only the drawn rows are read
+    plot_examples(
+        out_dir / "examples.png", images, truths, preds, len(classes), n=4, scores=image_miou(cm.image_matrices)
+    )
+
+
+class _LazyImages:
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return read_image(self.paths[i])

@@ -1,0 +1,41 @@
+"""The recipe a run trains with: the single home of every override of a model config's epochs, learning rate and seed.
+
+Two layers, applied in this order:
+
+- :func:`round_config`, rounds 2+ only: ``pseudo.epochs`` replaces ``recipe.epochs`` (and clears ``train.epochs``, so
+  the next layer keeps it) and ``recipe.lr`` is multiplied by ``pseudo.lr_scale``;
+- :func:`run_config`, every run: ``train.epochs`` (when set) replaces ``recipe.epochs`` and ``train.seed`` is added to
+  ``recipe.seed``.
+
+What comes out is the config the run trains, saves (``config.yaml``, the checkpoint) and fingerprints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline.config import ModelConfig, Params, TrainParams
+
+
+def run_config(cfg: ModelConfig, train: TrainParams) -> ModelConfig:
+    """``cfg`` with ``train.epochs`` (when set) and its seed offset by ``train.seed``."""
+    if train.epochs is not None:
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=train.epochs))
+    if train.seed:
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + train.seed))
+    return cfg
+
+
+def round_config(cfg: ModelConfig, params: Params) -> tuple[ModelConfig, TrainParams]:
+    """The model config and train params of a round 2+ run: ``pseudo.epochs`` and ``recipe.lr x pseudo.lr_scale``.
+
+    ``train.epochs`` is cleared when ``pseudo.epochs`` is set: it would otherwise replace the round's epochs again.
+    """
+    ps = params.pseudo
+    recipe = cfg.recipe
+    if ps.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=ps.epochs)
+    if ps.lr_scale != 1.0:
+        recipe = dataclasses.replace(recipe, lr=recipe.lr * ps.lr_scale)
+    train = params.train if ps.epochs is None else dataclasses.replace(params.train, epochs=None)
+    return dataclasses.replace(cfg, recipe=recipe), train

@@ -1,0 +1,185 @@
+"""What a run is built from, before its first step: the loaders, and the model with everything that optimises it.
+
+Each process sees ``batch_size // world`` images per step, so the global batch (and the step count) is the
+recipe's whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from pipeline.config import ModelConfig
+from pipeline.data.dataset import SegDataset, build_transform
+from pipeline.data.folds import FoldSplit
+from pipeline.data.sampling import CropSampler, foreground_points
+from pipeline.errors import UserError
+from pipeline.io import load_torch
+from pipeline.losses import WeightedLoss
+from pipeline.models.optim import param_groups
+from pipeline.models.registry import build_model
+from pipeline.training.checkpoint import epoch_seed
+from pipeline.training.context import Context
+
+
+@dataclasses.dataclass
+class Loaders:
+    """The training loader (its transform and sampler reseeded every epoch) and the validation images."""
+
+    train: DataLoader
+    val: SegDataset
+    transform: Any  # the training transform (albumentations Compose)
+    sampler: Sampler[Any] | None  # None: the loader shuffles one pass over the files
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train)
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Seed the augmentation and the sampling from (seed, epoch): a resumed run repeats them exactly."""
+        self.transform.set_random_seed(epoch_seed(seed, epoch))
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+
+def training_data(
+    cfg: ModelConfig, split: FoldSplit, transform: Any, preload: bool, ctx: Context
+) -> tuple[SegDataset, Sampler[Any] | None]:
+    """The training dataset and its sampler: ``None`` (the loader shuffles one pass, as always) unless the recipe
+    sets ``samples_per_epoch`` or ``foreground_share``, then a :class:`CropSampler` seeded from (seed, epoch)."""
+    rec, ddp = cfg.recipe, ctx.ddp
+    crop = cfg.input_size if cfg.resize == "pad" else None  # resize: the whole image is the sample
+    train_ds = SegDataset(split.train_images, split.train_masks, transform, preload=preload, crop=crop)
+    if rec.samples_per_epoch is None and rec.foreground_share == 0.0:
+        if ddp.world == 1:
+            return train_ds, None
+        return train_ds, DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
+    points = foreground_points([train_ds.original_mask(i) for i in range(len(train_ds))], seed=rec.seed)
+    sampler = CropSampler(
+        len(train_ds), points, rec.samples_per_epoch, rec.foreground_share, rec.seed, ddp.rank, ddp.world
+    )
+    return train_ds, sampler
+
+
+def build_loaders(cfg: ModelConfig, split: FoldSplit, preload: bool, ctx: Context) -> Loaders:
+    """The fold's loaders; a :class:`UserError` when an epoch would not fill one batch."""
+    rec = cfg.recipe
+    transform = build_transform(cfg, train=True, seed=rec.seed)
+    train_ds, sampler = training_data(cfg, split, transform, preload, ctx)
+    val_ds = SegDataset(split.val_images, split.val_masks, build_transform(cfg, train=False), preload=preload)
+    loader = DataLoader(
+        train_ds,
+        batch_size=ctx.per_process_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=rec.num_workers,
+        drop_last=True,
+        persistent_workers=rec.num_workers > 0,
+    )
+    if len(loader) == 0:
+        what = f"{rec.samples_per_epoch} samples" if rec.samples_per_epoch else f"{len(train_ds)} training images"
+        raise UserError(
+            f"fold {ctx.run.fold}: {what} is fewer than one batch ({rec.batch_size}); set recipe.samples_per_epoch "
+            f"(crops per epoch) to at least {rec.batch_size} in {ctx.run.model_config}"
+        )
+    return Loaders(loader, val_ds, transform, sampler)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclasses.dataclass
+class Optimisation:
+    """The model and what optimises it: the network that steps (DDP- and compile-wrapped), AdamW, the per-step
+    schedule, the fp16 gradient scaler, the EMA of the weights and the loss."""
+
+    model: torch.nn.Module  # the bare model: its state is what checkpoints hold
+    net: torch.nn.Module  # what the forward pass runs: the model, wrapped in DDP and torch.compile as configured
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: Any  # timm ModelEmaV3, or None
+    criterion: torch.nn.Module
+    grad_clip: float | None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation scores: the EMA weights when there are, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[-1]["lr"]
+
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        """Backward ``loss``, clip, step the optimizer, the scaler and the schedule, update the EMA (``step``: the
+        optimiser steps taken before this one)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+
+
+def build_optimisation(
+    cfg: ModelConfig, ctx: Context, steps_per_epoch: int, init_weights: Path | None = None
+) -> Optimisation:
+    """The model (from ``init_weights``' ``model`` when given) and its optimiser, schedule, scaler, EMA and loss."""
+    rec, device = cfg.recipe, ctx.device
+    # seed the weight init too: otherwise it depends on whatever ran before in the process, and two runs of one
+    # config (or a run and its resumed twin in another process) start from different weights
+    torch.manual_seed(rec.seed)
+    model = build_model(cfg, len(ctx.classes)).to(device)
+    if init_weights is not None:
+        model.load_state_dict(load_torch(init_weights)["model"])
+    if rec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, rec.lr, rec.weight_decay, rec.layer_decay), lr=rec.lr)
+    total_steps, warmup = steps_per_epoch * rec.epochs, int(round(rec.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, rec.min_lr_ratio)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and rec.amp == "fp16")
+    ema = None
+    if rec.ema is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=rec.ema)
+    criterion = WeightedLoss(rec.loss, rec.class_weights).to(device)
+    net: torch.nn.Module = DistributedDataParallel(model) if ctx.ddp.world > 1 else model
+    if rec.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return Optimisation(model, net, optimizer, scheduler, scaler, ema, criterion, rec.grad_clip)
