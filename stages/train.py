@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     layout = Layout()
-    cfg = planned_config(args.model, layout, params)  # the model config with the plan's choices (work/plan.yaml)
     if not training_round_runs(params, args.round):  # before torch is imported: a switched-off round takes 0.3 s
         skip_training_round(params, layout, args.model, args.fold, args.round)
         return 0
+    cfg = planned_config(args.model, layout, params)  # the model config with the plan's choices (work/plan.yaml)
     from pipeline.train import train_round  # torch, timm, SMP: seconds to import
 
     metrics = train_round(cfg, args.model, args.fold, layout, params, args.round)

@@ -309,8 +309,9 @@ def test_without_a_plan_auto_is_the_fixed_default_exactly(tmp_path: Path) -> Non
     assert planned_config("auto", layout, params) == load_model_config(layout.model_config("cnn_default"))
     assert planned_config("cnn_default", layout, params) == load_model_config(layout.model_config("cnn_default"))
     # and null inference keys take their documented defaults (no plan file needed)
-    p = from_dict(Params, {"infer": {"sliding": None, "tta_flips": None, "tta_scales": None}}, "test")
-    assert planned_params(p, layout).infer == from_dict(Params, {}, "test").infer
+    p = from_dict(Params, {"plan": {"enabled": False}, "infer": {"tta_flips": None, "tta_scales": None}}, "test")
+    infer = planned_params(p, layout).infer
+    assert (infer.sliding, infer.tta_flips, infer.tta_scales) == (False, ["hflip", "vflip"], [0.75, 1.25])
     # a key in auto.yaml wins over the fallback too
     (tmp_path / "configs" / "models" / "auto.yaml").write_text("recipe: {lr: 0.01}\n")
     cfg = fixed_config("auto", layout, "cnn_default")
