@@ -389,6 +389,9 @@ class Recipe:
     min_lr_ratio: float = 0.01  # cosine schedule floor, as a share of lr
     layer_decay: float | None = None  # layer-wise lr decay for BEiT/ViT-style fine-tuning (e.g. 0.65)
     grad_clip: float | None = 1.0  # max gradient norm; null disables
+    # a NaN/inf loss or gradient norm: false stops training with an error naming the fix; true skips the batch
+    # (no update), counted in the fold's metrics.json (skipped_nonfinite_batches); see pipeline/faults.py
+    skip_nonfinite: bool = False
     ema: float | None = None  # EMA decay of weights (e.g. 0.999); null disables
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; on CPU only with cpu_bf16
     cpu_bf16: bool = False  # bf16 autocast on CPU

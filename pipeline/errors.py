@@ -24,6 +24,25 @@ class DataError(UserError):
         self.problem = problem
         super().__init__(f"{self.file}: {entry}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        # pickled by its own arguments: a worker process's error must reach the parent (a ProcessPoolExecutor that
+        # cannot unpickle a result breaks, and the one-line message turns into "a worker died")
+        return (type(self), (self.file, self.entry, self.problem))
+
+
+class DiskFullError(UserError):
+    """A write that ran out of disk space (ENOSPC, or over quota): the destination keeps its previous content and no
+    temp file is left (:mod:`pipeline.io`)."""
+
+    def __init__(self, dest: object, existed: bool, what: str = "file") -> None:
+        self.dest = str(dest)
+        self.existed, self.what = existed, what
+        kept = f"the previous {what} is intact" if existed else f"no partial {what} was left"
+        super().__init__(f"disk full writing {self.dest}; {kept}; free space and re-run")
+
+    def __reduce__(self) -> tuple[type, tuple[str, bool, str]]:
+        return (type(self), (self.dest, self.existed, self.what))  # as DataError: it crosses process boundaries
+
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a CLI ``main`` and turn a :class:`UserError` into a one-line message and exit status 2."""

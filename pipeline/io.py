@@ -1,7 +1,10 @@
 """Atomic writes and safe reads.
 
 Every artifact is written to a temporary file in the destination folder and then ``os.replace``d into place, so a
-killed run never leaves a half-written file that a later stage could read.
+killed run never leaves a half-written file that a later stage could read. The temp files a killed run leaves are
+removed by the next process that writes into that folder. A full disk (ENOSPC, or over quota) while writing is a
+one-line :class:`~pipeline.errors.DiskFullError` ("disk full writing <path>; the previous file is intact; free space
+and re-run"): the temp file is removed and the destination keeps its previous content.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import DataError, UserError
+from pipeline.errors import DataError, DiskFullError, UserError
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _tmp_prefix(dest: Path) -> str:
@@ -77,27 +82,72 @@ def clean_stale_tmp(dest: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def clean_stale_in(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files (``.<name>.<pid>.<random>.tmp``) that killed processes left in ``folder``."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp")) or entry.is_dir(follow_symlinks=False):
+            continue
+        parts = name[1:-4].rsplit(".", 2)  # name, pid, mkstemp's random part (which has no dot)
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+_SWEPT: set[str] = set()  # folders this process has cleaned: a folder of 10,000 masks is scanned once, not per write
+
+
+def _sweep_once(folder: Path) -> None:
+    key = os.path.abspath(folder)
+    if key not in _SWEPT:
+        _SWEPT.add(key)
+        clean_stale_in(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success it replaces ``dest``, on error it is removed."""
+    """Yield a temporary path beside ``dest``; on success it replaces ``dest``, on error it is removed.
+
+    Killed runs' temp files in the folder are removed first (once per folder and process). A full disk anywhere in
+    the block raises :class:`~pipeline.errors.DiskFullError`, with ``dest`` as it was.
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(dest), suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are ordinary files
+    existed = dest.exists()
+    tmp_path = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_once(dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(dest), suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are ordinary files
         yield tmp_path
         os.replace(tmp_path, dest)
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise DiskFullError(dest, existed) from e
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _open_temp(path: Path, mode: str, **kwargs: Any) -> IO[Any]:
+    """Open a temp file for writing: the one place every atomic file writer opens its file (tests fill the disk
+    here)."""
+    return open(path, mode, **kwargs)
 
 
 @contextlib.contextmanager
 def atomic_open(dest: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``dest`` for writing; it replaces ``dest`` only when the block succeeds."""
-    with atomic_path(dest) as tmp, open(tmp, mode, **kwargs) as f:
+    with atomic_path(dest) as tmp, _open_temp(tmp, mode, **kwargs) as f:
         yield f
         f.flush()
         os.fsync(f.fileno())
@@ -144,12 +194,38 @@ def write_npz(dest: str | os.PathLike[str], **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
+class _KeepWriteError:
+    """A write-only file proxy that keeps the ``OSError`` of a failed write: ``torch.save`` reports a failing write as
+    a ``RuntimeError`` that has lost the errno, and a full disk must still read as one."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_torch(dest: str | os.PathLike[str], obj: Any) -> None:
-    """``torch.save`` to a temp file, then rename (timm's checkpoint saver habit)."""
+    """``torch.save`` to a temp file, then rename (timm's checkpoint saver habit); a full disk is a
+    :class:`~pipeline.errors.DiskFullError` and leaves the previous checkpoint as it was."""
     import torch
 
-    with atomic_path(dest) as tmp:
-        torch.save(obj, tmp)
+    with atomic_open(dest, "wb") as f:
+        out = _KeepWriteError(f)
+        try:
+            torch.save(obj, out)  # type: ignore[arg-type]
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
 
 
 def load_torch(
@@ -333,9 +409,23 @@ def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
     ``renameat2(RENAME_EXCHANGE)``; elsewhere (or on a file system without it) two renames leave a short gap in which
     ``dest`` is missing, never half-old. Leftovers of killed runs beside ``dest`` are removed first.
     """
+    dest = Path(dest)
+    existed = dest.is_dir()
+    try:
+        with _atomic_dir(dest) as tmp:
+            yield tmp
+    except DiskFullError:
+        raise DiskFullError(dest, existed, "folder") from None  # named by the folder, not the temp file inside it
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise DiskFullError(dest, existed, "folder") from e
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_dir(dest: Path) -> Iterator[Path]:
     import shutil
 
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(dest)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest), suffix=".tmp", dir=dest.parent))

@@ -29,6 +29,7 @@ epochs, learning rate and seed), ``context`` (which run, and how it runs), ``set
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ from pipeline.closure import PROJECT_ROOT, closure_digest
 from pipeline.config import DataParams, ModelConfig, Params, TrainParams, to_dict
 from pipeline.data.folds import FoldSplit, fold_split
 from pipeline.errors import UserError
+from pipeline.faults import StepGuard
 from pipeline.io import read_json, safe_join, write_csv, write_text
 from pipeline.paths import Layout
 from pipeline.rounds import LOG_COLUMNS, pseudo_set, skip_training_round, training_round_runs
@@ -124,6 +126,7 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
     opt = build_optimisation(cfg, ctx, loaders.steps_per_epoch, init_weights)
     checkpoints = Checkpoints(run, fp, cfg, ctx.classes)
     state = checkpoints.resume(opt, ctx.ddp.main)
+    guard = StepGuard(model_name, fold, round_, rec, run.model_config, ctx.ddp.world)  # pipeline/faults.py
     if ctx.ddp.main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(run.out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -136,10 +139,13 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         seed_epoch(rec.seed, epoch)
         loaders.set_epoch(rec.seed, epoch)
         desc = f"{model_name} f{fold} r{round_} ep {epoch + 1}/{rec.epochs}"
-        train_loss, images = train_one_epoch(opt, loaders.train, ctx, state, desc)
+        train_loss, images, skipped = train_one_epoch(opt, loaders.train, ctx, state, guard, desc)
         train_img_s = images / max(1e-9, time.time() - t0)  # training only, not validation
-        val = evaluate(opt.eval_model, loaders.val, ctx)
-        best = state.end_epoch(val, train_loss, opt.lr, train_img_s, seconds=time.time() - t0)
+        with guard.step(epoch + 1, "validation"):
+            val = evaluate(opt.eval_model, loaders.val, ctx)
+        # never an epoch with non-finite weights or score as the best (best.pt never holds NaN)
+        fit = functools.partial(guard.can_be_best, model=opt.eval_model, epoch=epoch + 1)
+        best = state.end_epoch(val, train_loss, opt.lr, train_img_s, time.time() - t0, skipped, fit)
         if ctx.ddp.main:
             print(
                 f"{run.title} epoch {epoch + 1}/{rec.epochs}: loss {train_loss:.4f} val mIoU {val['mIoU']:.4f} "
@@ -147,6 +153,8 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
             )
             write_curves(run, state)
             checkpoints.save(opt, state, val, best)
+    if state.best_epoch < 0:
+        raise guard.no_best()
 
     ctx.ddp.barrier()
     result = finish_fold(loaders.val, split.val_ids, cfg, state.history, ctx) if ctx.ddp.main else {}

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,11 +104,22 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # rows of rounds.LOG_COLUMNS
 
-    def end_epoch(self, val: dict[str, Any], train_loss: float, lr: float, train_img_s: float, seconds: float) -> bool:
-        """Log the epoch just trained and validated (``val``: :func:`pipeline.training.epoch.evaluate`'s dict);
-        True when it is the best so far in the competition metric (``val["score"]``; mIoU by default)."""
+    def end_epoch(
+        self,
+        val: dict[str, Any],
+        train_loss: float,
+        lr: float,
+        train_img_s: float,
+        seconds: float,
+        skipped: int = 0,
+        fit: Callable[[float], bool] | None = None,
+    ) -> bool:
+        """Log the epoch just trained and validated (``val``: :func:`pipeline.training.epoch.evaluate`'s dict;
+        ``skipped``: its batches skipped as non-finite); True when it is the best so far in the competition metric
+        (``val["score"]``; mIoU by default). ``fit(score)`` is asked of an epoch that beats the best score: False
+        (non-finite weights or score, :meth:`pipeline.faults.StepGuard.can_be_best`) keeps it from being best."""
         self.epoch += 1
-        if val["score"] > self.best:
+        if val["score"] > self.best and (fit is None or fit(val["score"])):
             self.best, self.best_epoch = val["score"], self.epoch
         self.history.append(
             {
@@ -120,6 +132,7 @@ class TrainState:
                 "val_aAcc": val["aAcc"],
                 "train_img_s": round(train_img_s, 1),
                 "seconds": round(seconds, 2),
+                "skipped_nonfinite": skipped,  # in the checkpoint's history (metrics.json sums it), not in the curves
             }
         )
         return self.best_epoch == self.epoch

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data.dataset import SegDataset
-from pipeline.errors import UserError
+from pipeline.faults import StepGuard
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
 from pipeline.oof import scores as oof_scores
 from pipeline.predict import iter_logits
@@ -21,34 +21,34 @@ from pipeline.training.setup import Optimisation
 
 
 def train_one_epoch(
-    opt: Optimisation, loader: DataLoader, ctx: Context, state: TrainState, desc: str
-) -> tuple[float, int]:
+    opt: Optimisation, loader: DataLoader, ctx: Context, state: TrainState, guard: StepGuard, desc: str
+) -> tuple[float, int, int]:
     """Step over every batch of ``loader`` (``state.step`` counts the steps; ``desc`` labels the progress bar).
 
+    ``guard`` turns out of memory, a batch too small for BatchNorm and a NaN/inf loss or gradient norm into one-line
+    errors naming the fix, or (``recipe.skip_nonfinite``) skips a non-finite batch (:mod:`pipeline.faults`).
+
     Returns:
-        The epoch's mean training loss over every process's batches, and the images trained on (all processes).
+        The epoch's mean training loss over every process's batches that updated the weights, the images trained on
+        (all processes), and the batches skipped as non-finite.
     """
     opt.net.train()
+    epoch = state.epoch + 1  # from 1, as the messages name it
     loss_sum, n = torch.zeros((), device=ctx.device), 0
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.bars, mininterval=2.0, leave=False):
         x, y = ctx.inputs(batch)  # (B, 3, H, W) float32, (B, H, W) int64
-        try:
+        with guard.step(epoch):  # out of memory, a batch too small for BatchNorm: one line naming the fix
             with ctx.autocast():
                 loss = opt.criterion(opt.net(x), y)
-        except ValueError as e:
-            if "Expected more than 1 value per channel" not in str(e):
-                raise
-            raise UserError(
-                f"{ctx.run.model}: a batch of {x.shape[0]} image(s) per process is too small for this model's "
-                f"BatchNorm on pooled features (e.g. UPerNet's pyramid pooling); set recipe.batch_size to at "
-                f"least {2 * ctx.ddp.world} in {ctx.run.model_config}"
-            ) from e
-        opt.step(loss, state.step)
+            # a NaN/inf loss or gradient norm: an error, or (recipe.skip_nonfinite) no update from this batch
+            updated = opt.step(loss, state.step, guard.checker(epoch, state.step + 1, target=y))
         state.step += 1
-        loss_sum += loss.detach()
-        n += 1
+        if updated:
+            loss_sum += loss.detach()
+            n += 1
     ctx.ddp.mean(loss_sum)  # every rank's share: the logged loss is the global mean
-    return float(loss_sum) / max(1, n), n * ctx.per_process_batch * ctx.ddp.world
+    skipped = guard.end_epoch(epoch, len(loader))  # every batch skipped: an error
+    return float(loss_sum) / max(1, n), n * ctx.per_process_batch * ctx.ddp.world, skipped
 
 
 @torch.no_grad()

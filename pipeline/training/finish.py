@@ -11,6 +11,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.data.dataset import SegDataset
+from pipeline.faults import fold_health
 from pipeline.io import load_torch, read_image, write_json, write_npz
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
 from pipeline.models.registry import build_model
@@ -21,7 +22,8 @@ from pipeline.training.context import Context
 def finish_fold(
     val_ds: SegDataset, val_ids: list[int], cfg: ModelConfig, history: list[dict[str, Any]], ctx: Context
 ) -> dict[str, Any]:
-    """Reload the best checkpoint, write out-of-fold probabilities and metrics.json; return the metrics."""
+    """Reload the best checkpoint, write out-of-fold probabilities and metrics.json; return the metrics (with
+    :func:`pipeline.faults.fold_health`'s fields: the batches skipped as non-finite, and whether it collapsed)."""
     out_dir, classes = ctx.run.out_dir, ctx.classes
     ck = load_torch(out_dir / "best.pt")
     model = build_model(cfg, len(classes)).to(ctx.device)
@@ -40,7 +42,8 @@ def finish_fold(
             probs[str(val_ids[i])] = p[j]
             preds[i] = p[j].argmax(0).astype(np.uint8)
     write_npz(out_dir / "oof.npz", **probs)
-    fold_report(out_dir, val_ds, [preds[i] for i in range(len(val_ds))], classes)
+    ordered, truths = [preds[i] for i in range(len(val_ds))], [val_ds.original_mask(i) for i in range(len(val_ds))]
+    fold_report(out_dir, val_ds, ordered, classes)
     m = ck["metrics"]
     metrics = {
         "best_epoch": ck["best_epoch"],
@@ -52,6 +55,8 @@ def finish_fold(
         "epochs": len(history),
         "train_seconds": round(sum(r["seconds"] for r in history), 1),
         "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()},
+        # skipped_nonfinite_batches, and collapsed: a best model that predicts one class everywhere (a warning too)
+        **fold_health(f"{ck['model_name']} fold {ck['fold']}", history, ordered, truths),
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics

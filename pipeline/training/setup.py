@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from pipeline.models.optim import param_groups
 from pipeline.models.registry import build_model
 from pipeline.training.checkpoint import epoch_seed
 from pipeline.training.context import Context
+
+# (value, what) -> whether the loss or gradient norm is finite; False skips the batch (faults.StepGuard.checker)
+Check = Callable[[torch.Tensor, str], bool]
 
 
 @dataclasses.dataclass
@@ -122,19 +126,32 @@ class Optimisation:
     def lr(self) -> float:
         return self.optimizer.param_groups[-1]["lr"]
 
-    def step(self, loss: torch.Tensor, step: int) -> None:
+    def step(self, loss: torch.Tensor, step: int, finite: Check | None = None) -> bool:
         """Backward ``loss``, clip, step the optimizer, the scaler and the schedule, update the EMA (``step``: the
-        optimiser steps taken before this one)."""
+        optimiser steps taken before this one); return whether the weights were updated.
+
+        ``finite(value, what)`` (:meth:`pipeline.faults.StepGuard.checker`) is asked of the loss before the backward
+        pass and of the clipped gradient norm: it raises, or returns False to skip the batch (no optimiser, scaler or
+        EMA step; the schedule still moves on, so the step count stays the recipe's).
+        """
+        updated = (finite is None or finite(loss, "loss")) and self._update(loss, finite)
+        self.scheduler.step()  # a skipped batch still counts as a step
+        if self.ema is not None and updated:
+            self.ema.update(self.model, step=step)
+        return updated
+
+    def _update(self, loss: torch.Tensor, finite: Check | None) -> bool:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            # an fp16 scaler skips inf gradients itself; otherwise they would write NaN into the weights
+            if not (self.scaler.is_enabled() or finite is None or finite(norm, "gradient norm")):
+                return False
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model, step=step)
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         return {
