@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,3 +99,33 @@ def test_train_seed_same_seed_same_predictions_another_seed_other_weights(projec
         assert ck["config"]["recipe"]["seed"] == seed
     # seed 0 checkpoint, run with seed 1: not resumed
     assert "starting afresh" in train(p, "tiny_seed_a", seed=1)
+
+
+TWO_THREADS = """
+import sys
+from pathlib import Path
+from pipeline.config import load_model_config, load_params
+from pipeline.paths import Layout
+from pipeline.train import train_fold
+import dataclasses
+root, name = Path(sys.argv[1]), sys.argv[2]
+params = load_params(root / "params.yaml")
+layout = Layout(root)
+train = dataclasses.replace(params.train, epochs=1, threads=2)
+train_fold(load_model_config(layout.model_config("tiny")), name, 0, layout, params.data, train, progress=False)
+"""
+
+
+def test_two_threads_two_processes_train_the_same_model(project: Project) -> None:
+    """Determinism across runs, as two fresh clones would train: separate processes, two torch threads each."""
+    p = project
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in ("tiny_proc_a", "tiny_proc_b"):
+        run = subprocess.run(
+            [sys.executable, "-c", TWO_THREADS, str(p.root), name], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+    a, b = (oof_arrays(p, n) for n in ("tiny_proc_a", "tiny_proc_b"))
+    assert len(a) > 0 and a == b, "two processes, two threads: the out-of-fold probabilities must be identical"
+    wa, wb = (weights(p, n) for n in ("tiny_proc_a", "tiny_proc_b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
