@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_open, write_csv, write_text
+from pipeline.labels import IGNORE_INDEX
 from pipeline.metrics import confusion_matrix, image_miou
 
 IGNORE_COLOR = (128, 128, 128)  # grey: no palette colour is grey, so ignored pixels never look like a class
@@ -56,7 +57,7 @@ def palette(n: int = 256) -> np.ndarray:
     return _PALETTE[:n].copy()
 
 
-def colorize(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def colorize(mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Colour a class mask with :func:`palette`; ``ignore_index`` pixels are grey.
 
     Args:
@@ -78,7 +79,7 @@ def colorize(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     return out
 
 
-def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """(H, W, 3) uint8: red where the prediction is wrong, black where right, grey where the truth is ignored."""
     p, t = np.asarray(pred), np.asarray(target)
     if p.shape != t.shape:
@@ -227,7 +228,7 @@ def plot_examples(  # noqa: PLR0913 - the figure's data (images, truth, predicti
     preds: Sequence[np.ndarray],
     num_classes: int,
     n: int = 4,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     scores: Sequence[float] | np.ndarray | None = None,
     names: Sequence[str] | None = None,
 ) -> tuple[list[int], list[int]]:

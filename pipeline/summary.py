@@ -46,9 +46,7 @@ def stage_seconds(layout: Layout, params: Params) -> dict[str, float | None]:
         t = _json(layout.timing_path(name))
         out[name] = t.get("seconds") if t else None
     for r in range(1, 2 + params.pseudo.rounds):
-        times = [
-            _json(layout.model_dir(m, f, r) / "metrics.json") for m in params.train.models for f in params.train.folds
-        ]
+        times = [_json(layout.fold_files(m, f, r).metrics) for m in params.train.models for f in params.train.folds]
         known = all(mj and "train_seconds" in mj for mj in times)
         out[f"train round {r} (all folds)"] = round(sum(mj["train_seconds"] for mj in times), 1) if known else None  # type: ignore[index]
     rounds = range(1, 1 + params.pseudo.rounds)
@@ -72,8 +70,7 @@ def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> 
     from pipeline.submission.validate import validate_submission
 
     fmt = submission_format(params.infer.submission)
-    root = Path(params.data.root)
-    images = read_json(root / params.data.test_json)["images"]
+    images = read_json(params.data.test_json_path)["images"]
     classes = read_json(layout.classes_json)
     df = read_submission_csv(params.infer.output)
     shapes = {fmt.image_key(im["id"], im["file_name"]): (int(im["height"]), int(im["width"])) for im in images}
@@ -88,7 +85,7 @@ def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> 
     preds = decode_frame(df, fmt, shapes, labels, str(params.infer.output))
     tiles = []
     for im in images:
-        image = read_image(safe_join(root / params.data.images_dir, im["file_name"]))
+        image = read_image(safe_join(params.data.images_path, im["file_name"]))
         pred = preds[fmt.image_key(im["id"], im["file_name"])]
         if pred.shape != image.shape[:2]:
             pred = resize_nearest(pred, image.shape[:2])
@@ -137,7 +134,7 @@ def write_summary(params: Params, layout: Layout) -> str:
             + " (rounds in order).",
         ]
     write_json(
-        layout.metrics_dir / "summary.json",
+        layout.summary_json,
         {
             "oof_mIoU": {m: {f"round{r}": v and v["mIoU"] for r, v in by_round.items()} for m, by_round in oof.items()},
             "metric": metric,
@@ -180,7 +177,7 @@ def write_summary(params: Params, layout: Layout) -> str:
             ]
         if infer.get("fallback"):
             lines += ["", "Fallbacks without OOF (infer.allow_fallback): " + "; ".join(infer["fallback"]) + "."]
-    no_truth = truth_mismatch(params.data.truth_dir, Path(params.data.root) / params.data.test_json)
+    no_truth = truth_mismatch(params.data.truth_dir, params.data.test_json_path)
     if no_truth:  # a leaderboard file left by another competition is not this one's
         print(f"no truth for this competition: {no_truth}; the report has no local leaderboard")
     lb = None if no_truth else _json(layout.leaderboard_json)
@@ -201,15 +198,15 @@ def write_summary(params: Params, layout: Layout) -> str:
     if secs:
         lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {format_seconds(v)} |" for k, v in secs.items()]
-    prediction_grid(params, layout, layout.reports_dir / "predictions.png")
+    prediction_grid(params, layout, layout.predictions_png)
     lines += [
         "",
         "## Test predictions",
         "",
         "Each pair: test image | predicted mask (colour = class).",
         "",
-        "![test predictions](predictions.png)",
+        f"![test predictions]({layout.predictions_png.name})",
     ]
     text = "\n".join(lines) + "\n"
-    write_text(layout.reports_dir / "summary.md", text)
+    write_text(layout.summary_md, text)
     return text
