@@ -203,7 +203,7 @@ def _pseudo_rounds(params: Params) -> int:
 
 def _write_overlay(dest: Path, image_path: Path, pred: np.ndarray) -> None:
     from pipeline.io import read_image, write_png
-    from pipeline.report import colorize
+    from pipeline.plots import colorize
 
     image = read_image(image_path)
     color = colorize(pred)

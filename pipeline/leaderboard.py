@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = Path(args.truth or params.data.truth_dir)
     test_json = Path(args.test_json or params.data.test_json_path)
     scores = score_submission(Path(args.submission), truth, test_json, fmt, params.metric.name)
-    from pipeline.report import format_table
+    from pipeline.tables import format_table
 
     print(format_table(scores))
     print(

@@ -7,8 +7,8 @@ import argparse
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
+from pipeline.report import write_summary
 from pipeline.submission.format import submission_format
-from pipeline.summary import write_summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,8 @@ def fold_report(files: FoldFiles, val_ds: SegDataset, preds: list[np.ndarray], c
     """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG, and a
     grid of the worst and best validation images (image / truth / prediction / error)."""
     from pipeline.metrics import image_miou
-    from pipeline.report import format_table, plot_confusion_matrix, plot_examples, write_tables
+    from pipeline.plots import plot_confusion_matrix, plot_examples
+    from pipeline.tables import format_table, write_tables
 
     names = [c["name"] for c in classes]
     cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
