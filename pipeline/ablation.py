@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import Params, load_model_config, load_params
+from pipeline.config import DEFAULT_PARAMS, Params, load_model_config, load_params
 from pipeline.errors import UserError, run_cli
 from pipeline.infer import run_ensemble
 from pipeline.io import read_json, write_json, write_text
@@ -39,7 +39,7 @@ def best_fold(layout: Layout, model: str, folds: Sequence[int], round_: int = 1)
     competition metric; ``val_mIoU`` for runs that predate it): no test truth."""
     scores = {}
     for f in folds:
-        path = layout.model_dir(model, f, round_) / "metrics.json"
+        path = layout.fold_files(model, f, round_).metrics
         if not path.is_file():
             raise UserError(f"{path}: missing; train {model} fold {f} round {round_} first (dvc repro)")
         m = read_json(path)
@@ -71,7 +71,6 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
     for m in multi[1:]:
         ensure_trained(params, layout, m)
     final_round = 1 + params.pseudo.rounds
-    out_dir = layout.submissions_dir / "ablation"
 
     fold, val = best_fold(layout, first, params.train.folds)
     rows: list[tuple[str, str, Params, dict[str, Any]]] = [
@@ -113,7 +112,7 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
         t0 = time.time()
         print(f"--- ablation: {label}")
         report = run_ensemble(
-            p, layout, output=str(out_dir / f"{key}.csv"), overlays=0, write_leaderboard=False, **extra
+            p, layout, output=str(layout.ablation_submission(key)), overlays=0, write_leaderboard=False, **extra
         )
         lb = report.get("leaderboard")
         if lb is None:
@@ -158,7 +157,7 @@ def ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml", help="params file of the finished run")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file of the finished run")
     ap.add_argument(
         "--extra-model",
         action="append",
@@ -178,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds is not None:
         agg = run_repeats(args.params, layout, args.seeds, args.extra_model, args.first_seed)
         table = repeats_markdown(agg)
-        write_json(layout.metrics_dir / "ablation.json", agg)
+        write_json(layout.ablation_json, agg)
         seed = load_params(args.params).train.seed
         print(f"--- repeats: the workspace is at train.seed={seed} (the last seed run); `dvc exp show` lists them all")
     else:
         rows = run_ablation(load_params(args.params), layout, args.extra_model)
         table = ablation_markdown(rows)
-        write_json(layout.metrics_dir / "ablation.json", rows)
-    write_text(layout.reports_dir / "ablation.md", "# Ablation on the local leaderboard\n\n" + table)
+        write_json(layout.ablation_json, rows)
+    write_text(layout.ablation_md, "# Ablation on the local leaderboard\n\n" + table)
     print(table)
     return 0
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pipeline.config import Augment, DataParams, ModelConfig
 from pipeline.data.dataset import MEAN, STD, SegDataset, build_transform, normalize
 from pipeline.errors import UserError
+from pipeline.labels import IGNORE_INDEX
 from pipeline.losses import WeightedLoss
 from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.models.registry import build_model
@@ -144,7 +145,7 @@ def shape_moments(masks: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     rows: dict[int, list[tuple[float, float, float]]] = {}
     for m in masks:
         for c in np.unique(m):
-            if c == 0 or c == 255:
+            if c == 0 or c == IGNORE_INDEX:
                 continue
             y, x = np.nonzero(m == c)
             if len(x) < 16:

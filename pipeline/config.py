@@ -17,6 +17,9 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.paths import CompetitionFiles, Layout
+
+DEFAULT_PARAMS = Layout().params_yaml.as_posix()  # the params file every entry point reads unless told otherwise
 
 T = TypeVar("T")
 
@@ -176,13 +179,30 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
 class DataParams:
     """Where the competition lives. Paths in a competition are relative to ``root``."""
 
-    root: str = "data/competition"  # competition folder: train.json, test.json, images/
-    train_json: str = "train.json"
-    test_json: str = "test.json"
-    images_dir: str = "images"  # file_name entries are relative to this folder
-    sample_submission: str = "sample_submission.csv"  # optional; absent means the default layout
-    truth_dir: str = "data/truth"  # held-back test truth masks for the local leaderboard; optional
+    root: str = Layout().competition_dir.as_posix()  # competition folder: train.json, test.json, images/
+    train_json: str = CompetitionFiles.TRAIN_JSON
+    test_json: str = CompetitionFiles.TEST_JSON
+    images_dir: str = CompetitionFiles.IMAGES  # file_name entries are relative to this folder
+    sample_submission: str = CompetitionFiles.SAMPLE_SUBMISSION  # optional; absent means the default layout
+    truth_dir: str = Layout().truth_dir.as_posix()  # held-back test truth masks for the local leaderboard; optional
     on_error: Literal["fail", "skip"] = "fail"  # bad entries: stop, or skip them with a counted warning
+
+    # the competition's files: root joined with their names
+    @property
+    def train_json_path(self) -> Path:
+        return Path(self.root) / self.train_json
+
+    @property
+    def test_json_path(self) -> Path:
+        return Path(self.root) / self.test_json
+
+    @property
+    def images_path(self) -> Path:
+        return Path(self.root) / self.images_dir
+
+    @property
+    def sample_submission_path(self) -> Path:
+        return Path(self.root) / self.sample_submission
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +314,7 @@ class InferParams:
     tile_overlap: float = 0.25  # share of the tile that neighbouring tiles overlap by, in [0, 1)
     tile_blend: Literal["gaussian", "constant"] = "gaussian"  # gaussian: nnU-Net importance map (sigma = tile/8)
     tile_batch: int = 16  # tiles per model call
-    output: str = "submissions/submission.csv"
+    output: str = Layout().submission.as_posix()
     overlays: int = 8  # PNG overlays of the first N test predictions (reports/overlays/)
     # pipeline.submission.SubmissionFormat fields (rle: {order, start_index, starts, empty}, layout, id_column,
     # class_column, prediction_column, key_format, class_value, id_source, dense_size); checked as strictly, but
@@ -347,7 +367,7 @@ class Params:
     plan: PlanParams = dataclasses.field(default_factory=PlanParams)
 
 
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> Params:
     """Read ``params.yaml`` strictly: unknown sections or keys and wrong types are errors naming them."""
     return from_dict(Params, read_yaml(path), str(path))
 

@@ -27,8 +27,8 @@ import torch.distributed as dist
 
 from pipeline.config import Recipe
 from pipeline.errors import UserError
+from pipeline.labels import IGNORE_INDEX
 
-IGNORE = 255
 WARN_SKIPS = 3  # per-batch warnings printed per run; the rest are counted at each epoch's end
 
 _OOM_TEXT = ("out of memory", "can't allocate memory")  # CUDA / MPS, and the CPU allocator's words
@@ -56,7 +56,7 @@ def collapsed(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> bool
     False
     """
     predicted = set().union(*(np.unique(p).tolist() for p in preds)) if preds else set()
-    truth = set().union(*(np.unique(t).tolist() for t in truths)) - {IGNORE} if truths else set()
+    truth = set().union(*(np.unique(t).tolist() for t in truths)) - {IGNORE_INDEX} if truths else set()
     return len(predicted) == 1 and len(truth) > 1
 
 
@@ -126,13 +126,13 @@ class StepGuard:
         if not bool(bad):
             return True
         shown = f"{float(value.detach()):g}" if value.numel() == 1 else "not finite"
-        unlabelled = target is not None and not bool((target != IGNORE).any())
+        unlabelled = target is not None and not bool((target != IGNORE_INDEX).any())
         if not self.recipe.skip_nonfinite:
             if unlabelled:
                 raise UserError(
                     f"{self.where}: the {what} is {shown} at epoch {epoch} step {step}: the batch has no labelled "
-                    f"pixel (every mask pixel is {IGNORE}, ignore); drop the images whose masks are all ignore, or "
-                    f"set recipe.skip_nonfinite: true in {self.config_path} to skip such batches"
+                    f"pixel (every mask pixel is {IGNORE_INDEX}, ignore); drop the images whose masks are all ignore, "
+                    f"or set recipe.skip_nonfinite: true in {self.config_path} to skip such batches"
                 )
             raise UserError(
                 f"{self.where}: the {what} is {shown} at epoch {epoch} step {step}; lower recipe.lr (now "

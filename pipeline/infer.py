@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.config import Params, load_params
+from pipeline.config import DEFAULT_PARAMS, Params, load_params
 from pipeline.data.dataset import SegDataset
 from pipeline.distributed import resolve_device
 from pipeline.ensemble.choose import oof_unavailable
@@ -155,12 +155,11 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
         for n, by_fold in loaded.groups.items()
     ]
     ensemble = EnsembleForward(groups, plan.weights, p.space).to(rt.device)
-    sample = Path(params.data.root) / params.data.sample_submission
+    sample = params.data.sample_submission_path
     writer = SubmissionWriter(loaded.classes, fmt, sample=sample if sample.is_file() and images_dir is None else None)
     ds = SegDataset(tests.paths, None, None, preload=False)
     overlay_n = p.overlays if overlays is None else overlays
-    overlay_dir = layout.reports_dir / "overlays"
-    overlay_dir.mkdir(parents=True, exist_ok=True)  # an output of the infer stage: there even with no overlays
+    layout.overlays_dir.mkdir(parents=True, exist_ok=True)  # an output of the infer stage: there even with no overlays
     bar = tqdm(total=len(ds), desc="infer", unit="img", mininterval=1.0)
     forward = windowed(ensemble, p, rt.tile)
     for idx, logp in iter_logits(forward, ds, rt.device, rt.batch, sizes=lambda i: tests.sizes[i], amp_ctx=rt.amp_ctx):
@@ -168,7 +167,7 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
         for j, i in enumerate(idx.tolist()):
             writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), pred[j])
             if i < overlay_n:
-                _write_overlay(overlay_dir / f"{Path(tests.file_names[i]).stem}.png", tests.paths[i], pred[j])
+                _write_overlay(layout.overlay_path(Path(tests.file_names[i]).stem), tests.paths[i], pred[j])
         bar.update(len(idx))
     bar.close()
     writer.finalize(out)
@@ -204,7 +203,7 @@ def _pseudo_rounds(params: Params) -> int:
 
 def _write_overlay(dest: Path, image_path: Path, pred: np.ndarray) -> None:
     from pipeline.io import read_image, write_png
-    from pipeline.report import colorize
+    from pipeline.plots import colorize
 
     image = read_image(image_path)
     color = colorize(pred)
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ensemble the trained models listed in params (infer.models or train.models, every fold in train.folds)",
     )
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, infer)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, train, infer)")
     ap.add_argument(
         "--checkpoint",
         action="append",

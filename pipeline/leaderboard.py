@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import Params, load_params
+from pipeline.config import DEFAULT_PARAMS, Params, load_params
 from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError, run_cli
 from pipeline.io import read_json, read_mask, write_json
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, score_matrices, summarize
+from pipeline.paths import TruthFiles
 from pipeline.submission.codec import decode_frame, read_submission_csv
 from pipeline.submission.format import SubmissionFormat, submission_format
 from pipeline.submission.validate import validate_submission
@@ -59,13 +60,14 @@ def score_submission(
     reason = truth_mismatch(truth_dir, test_json)
     if reason:
         raise UserError(f"no truth for this competition: {reason}")
-    classes = read_json(truth_dir / "classes.json")
+    truth_files = TruthFiles(truth_dir)
+    classes = read_json(truth_files.classes_json)
     preds = decode_submission(csv_path, test_json, fmt, classes)
     cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
     for stem, pred in tqdm(preds.items(), desc="score", unit="img", mininterval=1.0, leave=False):
-        truth = read_mask(truth_dir / f"{stem}.png")
+        truth = read_mask(truth_files.mask(stem))
         if truth.shape != pred.shape:
-            raise UserError(f"{truth_dir / (stem + '.png')}: truth is {truth.shape}, prediction {pred.shape}")
+            raise UserError(f"{truth_files.mask(stem)}: truth is {truth.shape}, prediction {pred.shape}")
         cm.update(pred, truth)
         biou.update(pred, truth)
     scores = summarize(cm.matrix, [c["name"] for c in classes], boundary=biou)
@@ -76,7 +78,7 @@ def truth_for(params: Params, truth: str | Path | None = None) -> tuple[Path | N
     """``(truth folder, "")`` when ``truth`` (default ``data.truth_dir``) is this competition's, else ``(None,
     why not)``."""
     truth_dir = Path(truth if truth is not None else params.data.truth_dir)
-    reason = truth_mismatch(truth_dir, Path(params.data.root) / params.data.test_json)
+    reason = truth_mismatch(truth_dir, params.data.test_json_path)
     return (None, reason) if reason else (truth_dir, "")
 
 
@@ -89,7 +91,7 @@ def score_if_truth(
     if truth_dir is None:
         print(f"no truth for this competition: {reason}; skipping the local leaderboard")
         return None
-    test_json = Path(params.data.root) / params.data.test_json
+    test_json = params.data.test_json_path
     lb = score_submission(Path(csv_path), truth_dir, test_json, fmt, params.metric.name)
     print(
         f"local leaderboard: {lb['metric']} {lb['score']:.5f}, mIoU {lb['mIoU']:.5f}, mBIoU {lb['mBIoU']:.5f}, "
@@ -103,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("submission", help="submission CSV to score")
     ap.add_argument("--truth", help="truth masks folder (default data.truth_dir); its competition.json must match")
     ap.add_argument("--test-json", help="COCO test json with the image sizes (default data.root/data.test_json)")
-    ap.add_argument("--params", default="params.yaml", help="params file: data paths and infer.submission format")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file: data paths and infer.submission format")
     ap.add_argument("--out", help="write the scores as JSON here")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     fmt = submission_format(params.infer.submission, args.params)
     truth = Path(args.truth or params.data.truth_dir)
-    test_json = Path(args.test_json or Path(params.data.root) / params.data.test_json)
+    test_json = Path(args.test_json or params.data.test_json_path)
     scores = score_submission(Path(args.submission), truth, test_json, fmt, params.metric.name)
-    from pipeline.report import format_table
+    from pipeline.tables import format_table
 
     print(format_table(scores))
     print(

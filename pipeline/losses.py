@@ -10,8 +10,7 @@ from torch import nn
 
 from pipeline.config import LossTerm
 from pipeline.errors import UserError
-
-IGNORE = 255
+from pipeline.labels import IGNORE_INDEX
 
 
 def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Module:
@@ -19,14 +18,14 @@ def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Modul
     try:
         if term.name == "ce":
             weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-            return nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE, **kw)
+            return nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE_INDEX, **kw)
         cls = {
             "dice": smp.losses.DiceLoss,
             "lovasz": smp.losses.LovaszLoss,
             "focal": smp.losses.FocalLoss,
             "jaccard": smp.losses.JaccardLoss,
         }[term.name]
-        return cls(mode="multiclass", ignore_index=IGNORE, **kw)
+        return cls(mode="multiclass", ignore_index=IGNORE_INDEX, **kw)
     except TypeError as e:
         raise UserError(f"loss {term.name}: bad kwargs {kw}: {e}") from None
 

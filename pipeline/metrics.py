@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.labels import IGNORE_INDEX
 
 ArrayLike: TypeAlias = np.ndarray | torch.Tensor
 
@@ -84,7 +85,9 @@ def _check_num_classes(num_classes: int, ignore_index: int) -> None:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     if 0 <= ignore_index < num_classes:
-        raise UserError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
+        raise UserError(
+            f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. {IGNORE_INDEX}"
+        )
 
 
 def _bad_pred(value: int, num_classes: int) -> UserError:
@@ -173,7 +176,7 @@ def _valid_matrix(counts: torch.Tensor, num_classes: int, ignore_row: int, ignor
 
 
 def confusion_matrix(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = 255, per_image: bool = False
+    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = IGNORE_INDEX, per_image: bool = False
 ) -> torch.Tensor:
     """Confusion matrix of integer label maps, computed with bincount on the input's own device.
 
@@ -228,7 +231,7 @@ class ConfusionMatrix:
         [[1, 1], [0, 1]]
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, per_image: bool = False) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, per_image: bool = False) -> None:
         _check_num_classes(num_classes, ignore_index)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -552,7 +555,7 @@ def mask_boundary(mask: ArrayLike, dilation_ratio: float = 0.02) -> np.ndarray:
 
 
 def boundary_counts(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = 255, dilation_ratio: float = 0.02
+    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = IGNORE_INDEX, dilation_ratio: float = 0.02
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class Boundary IoU intersection and union of a batch, summed over its images.
 
@@ -613,7 +616,7 @@ class BoundaryIoU:
         [nan, 1.0]
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, dilation_ratio: float = 0.02) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, dilation_ratio: float = 0.02) -> None:
         _check_num_classes(num_classes, ignore_index)
         if not dilation_ratio > 0:
             raise UserError(f"dilation_ratio must be > 0, got {dilation_ratio}")

@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Params, from_dict, read_yaml
+from pipeline.config import DEFAULT_PARAMS, Params, from_dict, read_yaml
 from pipeline.errors import UserError, run_cli
 from pipeline.io import write_text
+from pipeline.paths import Layout
 
 
 def overlay_params(base: dict[str, Any], overlay: dict[str, Any], where: str) -> dict[str, Any]:
@@ -79,12 +80,13 @@ def apply_profile(profile: Path, params_path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("name", help="profiles/<name>.yaml (or a path to an overlay file)")
-    ap.add_argument("--params", default="params.yaml", help="the params file to change (default params.yaml)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help=f"the params file to change (default {DEFAULT_PARAMS})")
     ap.add_argument("--print", action="store_true", help="print the result instead of writing it")
     args = ap.parse_args(argv)
-    profile = Path(args.name) if args.name.endswith((".yaml", ".yml")) else Path("profiles") / f"{args.name}.yaml"
+    layout = Layout()
+    profile = Path(args.name) if args.name.endswith((".yaml", ".yml")) else layout.profile(args.name)
     if not profile.is_file():
-        known = ", ".join(sorted(p.stem for p in Path("profiles").glob("*.yaml"))) or "none"
+        known = ", ".join(sorted(p.stem for p in layout.profiles_dir.glob("*.yaml"))) or "none"
         raise UserError(f"{profile}: no such profile (profiles/: {known})")
     out = apply_profile(profile, Path(args.params))
     if args.print:

@@ -32,13 +32,12 @@ from pipeline.ensemble.members import (
     windowed,
 )
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
+from pipeline.labels import IGNORE_INDEX
 from pipeline.oof import truth_reader
-from pipeline.paths import Layout
+from pipeline.paths import Layout, PseudoSetFiles
 from pipeline.plan.apply import planned_params
 from pipeline.predict import iter_logits
 from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets, skip_pseudo_round
-
-IGNORE = 255
 
 
 def confident_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +45,7 @@ def confident_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     top = probs.max(0)
     mask = probs.argmax(0).astype(np.uint8)
     confident = top >= threshold
-    mask[~confident] = IGNORE
+    mask[~confident] = IGNORE_INDEX
     return mask, confident
 
 
@@ -97,6 +96,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
         forward, batch = windowed(ensemble, params.infer, tile), rt.batch
         rows, per_class_conf, per_class_all = [], np.zeros(len(classes)), np.zeros(len(classes))
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
+            files = PseudoSetFiles(d)  # the set's temporary folder until the block ends
             for idx, logp in tqdm(
                 iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx),
                 desc=f"pseudo set {s}",
@@ -112,9 +112,9 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                     share = float(conf.mean())
                     if share < p.min_confident:
                         continue
-                    write_png(d / f"{tests.ids[i]}.png", mask)
-                    rows.append([tests.ids[i], tests.file_names[i], f"{tests.ids[i]}.png", round(share, 4)])
-            write_csv(d / "index.csv", PSEUDO_INDEX_COLUMNS, rows)
+                    write_png(files.mask(tests.ids[i]), mask)
+                    rows.append([tests.ids[i], tests.file_names[i], files.mask_name(tests.ids[i]), round(share, 4)])
+            write_csv(files.index_csv, PSEUDO_INDEX_COLUMNS, rows)
             summary = {
                 "set": str(s),
                 "models": params.train.models,
@@ -131,7 +131,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                     for c in classes
                 },
             }
-            write_json(d / "summary.json", summary)
+            write_json(files.summary_json, summary)
         print(f"pseudo set {s}: kept {len(rows)}/{len(ds)} test images")
         out["sets"][str(s)] = {"kept_images": len(rows), "test_images": len(ds)}
     out["seconds"] = round(time.time() - t0, 1)

@@ -71,7 +71,7 @@ def run_key(params_path: str, layout: Layout, models: Sequence[str]) -> str:
     for the outputs every seed shares (data, masks, plan, folds). A kept seed with the same key is not re-run."""
     raw = read_yaml(params_path) or {}
     raw.get("train", {}).pop("seed", None)
-    lock_path = layout.root / "dvc.lock"
+    lock_path = layout.dvc_lock
     lock = (read_yaml(lock_path) or {}).get("stages", {}) if lock_path.is_file() else {}
     shared = {st: [o.get("md5") for o in lock.get(st, {}).get("outs", [])] for st in SHARED_STAGES}
     configs = {m: hashlib.sha256(layout.model_config(m).read_bytes()).hexdigest() for m in models}
@@ -92,7 +92,7 @@ def dvc_exp_run(seed: int, root: Path) -> None:
 
 
 def seed_path(layout: Layout, seed: int) -> Path:
-    return layout.metrics_dir / "ablation" / f"seed{seed}.json"
+    return layout.ablation_seed(seed)
 
 
 def run_repeats(
@@ -135,7 +135,7 @@ def fold_scores(params: Params, layout: Layout) -> dict[str, float]:
     for round_ in range(1, 2 + params.pseudo.rounds):
         for model in params.train.models:
             for f in params.train.folds:
-                path = layout.model_dir(model, f, round_) / "metrics.json"
+                path = layout.fold_files(model, f, round_).metrics
                 if path.is_file():
                     m = read_json(path)
                     out[f"r{round_}/{model}/fold{f}"] = float(m.get("val_score", m.get("val_mIoU", float("nan"))))

@@ -1,282 +1,214 @@
-"""Evaluation report: the per-class table, a confusion-matrix plot, worst/best example grids and mask colouring.
-
-Tables are rendered from the JSON-ready summary of :func:`pipeline.metrics.summarize`, so a saved ``metrics.json``
-can be re-rendered without the data. Every file is written atomically through :mod:`pipeline.io`. Matplotlib is
-imported inside the plotting functions (Agg backend) and figures are built as ``Figure`` objects, never through
-pyplot's global figure list.
-"""
+"""The ``report`` stage's logic: the end-of-run report (``reports/summary.md``, ``metrics/summary.json``): models x
+rounds OOF mIoU, the ensemble and its weights, the local leaderboard with the mmseg-style per-class table, time per
+stage, and a grid of test predictions."""
 
 from __future__ import annotations
 
-import colorsys
-import io
-import math
-import os
-from collections.abc import Mapping, Sequence
+import datetime
+import json
+import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.config import Params
+from pipeline.data.folds import read_folds
+from pipeline.data.truth import truth_mismatch
 from pipeline.errors import UserError
-from pipeline.io import atomic_open, write_csv, write_text
-from pipeline.metrics import confusion_matrix, image_miou
-
-IGNORE_COLOR = (128, 128, 128)  # grey: no palette colour is grey, so ignored pixels never look like a class
-ERROR_COLOR = (255, 0, 0)
-_COLUMNS = ("IoU", "Acc", "Dice", "BIoU")
-_SUMMARY_COLUMNS = ("aAcc", "mIoU", "mAcc", "mDice", "mBIoU")
+from pipeline.io import read_image, read_json, safe_join, write_json, write_png, write_text
+from pipeline.oof import model_oof
+from pipeline.paths import Layout
+from pipeline.plots import colorize
+from pipeline.tables import format_markdown
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Colours
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _palette_table() -> np.ndarray:
-    """The fixed 256-colour table: class 0 black, then hues stepped by the golden ratio (neighbours differ a lot)."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    golden = (math.sqrt(5) - 1) / 2
-    for i in range(1, 256):
-        hue = (i * golden) % 1.0
-        sat = (1.0, 0.55)[(i // 2) % 2]
-        val = (0.95, 0.7, 0.5)[i % 3]
-        table[i] = [round(255 * ch) for ch in colorsys.hsv_to_rgb(hue, sat, val)]
-    return table
+def oof_scores(layout: Layout, model: str, folds: list[int], round_: int, metric: str, num_classes: int) -> dict | None:
+    """OOF scores of one model config in one round, every fold's validation predictions pooled
+    (:mod:`pipeline.oof`): ``{"metric", "score", "mIoU"}``, or ``None`` when an ``oof.npz`` is missing."""
+    m = model_oof(layout, model, folds, round_, num_classes)
+    return None if m is None else m.scores(metric)
 
 
-_PALETTE = _palette_table()
+def oof_miou(layout: Layout, model: str, folds: list[int], round_: int, num_classes: int) -> float | None:
+    """OOF dataset mIoU of one model config in one round (``None`` when an ``oof.npz`` is missing)."""
+    s = oof_scores(layout, model, folds, round_, "miou", num_classes)
+    return None if s is None else s["mIoU"]
 
 
-def palette(n: int = 256) -> np.ndarray:
-    """The first ``n`` colours of the fixed class palette, (n, 3) uint8; class i has the same colour for every n.
-
-    Colours are distinct and never grey (grey marks ignored pixels); class 0 (usually background) is black.
-    """
-    if not 0 <= n <= 256:
-        raise UserError(f"the palette has colours for up to 256 classes, asked for {n}")
-    return _PALETTE[:n].copy()
-
-
-def colorize(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """Colour a class mask with :func:`palette`; ``ignore_index`` pixels are grey.
-
-    Args:
-        mask: (H, W) integer class indices in [0, 256), or ``ignore_index``.
-        ignore_index: value drawn grey instead of a class colour.
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-    """
-    m = np.asarray(mask)
-    if m.ndim != 2 or m.dtype.kind not in "iub":
-        raise UserError(f"a class mask is an (H, W) integer array, got shape {m.shape} dtype {m.dtype}")
-    ignored = m == ignore_index
-    bad = ~ignored & ((m < 0) | (m > 255))
-    if bad.any():
-        raise UserError(f"mask value {m[bad].flat[0]} has no palette colour (classes 0..255, ignore {ignore_index})")
-    out = _PALETTE[np.where(ignored, 0, m).astype(np.intp)]  # (H, W, 3)
-    out[ignored] = IGNORE_COLOR
+def stage_seconds(layout: Layout, params: Params) -> dict[str, float | None]:
+    """Seconds per stage, from what each stage recorded; ``None`` (reported as "unknown") where a record is
+    missing, never 0: a training round is unknown unless every (model, fold) recorded its time."""
+    out: dict[str, float | None] = {}
+    for name in ("demo", "masks", "folds"):
+        t = _json(layout.timing_path(name))
+        out[name] = t.get("seconds") if t else None
+    for r in range(1, 2 + params.pseudo.rounds):
+        times = [_json(layout.fold_files(m, f, r).metrics) for m in params.train.models for f in params.train.folds]
+        known = all(mj and "train_seconds" in mj for mj in times)
+        out[f"train round {r} (all folds)"] = round(sum(mj["train_seconds"] for mj in times), 1) if known else None  # type: ignore[index]
+    rounds = range(1, 1 + params.pseudo.rounds)
+    named = [("pseudo" if r == 1 else f"pseudo r{r}", layout.pseudo_metrics(r)) for r in rounds]
+    for name, path in (*named, ("infer", layout.infer_json)):
+        j = _json(path)
+        out[name] = j.get("seconds") if j else None
     return out
 
 
-def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """(H, W, 3) uint8: red where the prediction is wrong, black where right, grey where the truth is ignored."""
-    p, t = np.asarray(pred), np.asarray(target)
-    if p.shape != t.shape:
-        raise UserError(f"pred has shape {p.shape} but target has shape {t.shape}; they must match")
-    out = np.zeros((*t.shape, 3), dtype=np.uint8)
-    out[p != t] = ERROR_COLOR
-    out[t == ignore_index] = IGNORE_COLOR
-    return out
+def format_seconds(seconds: float | None) -> str:
+    """``12.3``, or ``unknown`` for a stage that recorded no time."""
+    return "unknown" if seconds is None else f"{seconds:.1f}"
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Tables
+def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> None:
+    """A PNG grid of the first ``n`` test images, each beside its predicted mask decoded from the submission (by
+    :mod:`pipeline.submission.codec`; a dense prediction at another size is resized to the image for the picture)."""
+    from pipeline.submission.codec import decode_frame, read_submission_csv
+    from pipeline.submission.format import resize_nearest, submission_format
+    from pipeline.submission.validate import validate_submission
+
+    fmt = submission_format(params.infer.submission)
+    images = read_json(params.data.test_json_path)["images"]
+    classes = read_json(layout.classes_json)
+    df = read_submission_csv(params.infer.output)
+    shapes = {fmt.image_key(im["id"], im["file_name"]): (int(im["height"]), int(im["width"])) for im in images}
+    problems = validate_submission(df, None, shapes, fmt, [(c["index"], c["name"]) for c in classes])
+    if problems:
+        raise UserError(f"{params.infer.output}: not a valid submission: {'; '.join(problems[:5])}")
+    images = images[:n]
+    keys = [fmt.image_key(im["id"], im["file_name"]) for im in images]
+    # only the shown images are decoded; a dense prediction at its dense_size, resized below for the picture only
+    shapes = {k: tuple(fmt.dense_size) if fmt.layout == "dense" else shapes[k] for k in keys}
+    labels = {fmt.class_label(c["index"], c["name"]): c["index"] for c in classes if c["index"] != 0}
+    preds = decode_frame(df, fmt, shapes, labels, str(params.infer.output))
+    tiles = []
+    for im in images:
+        image = read_image(safe_join(params.data.images_path, im["file_name"]))
+        pred = preds[fmt.image_key(im["id"], im["file_name"])]
+        if pred.shape != image.shape[:2]:
+            pred = resize_nearest(pred, image.shape[:2])
+        tiles.append(np.concatenate([image, colorize(pred)], axis=1))
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    cols = 3
+    rows = -(-len(tiles) // cols)
+    grid = np.full((rows * (h + 4), cols * (w + 4), 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        grid[r * (h + 4) : r * (h + 4) + t.shape[0], c * (w + 4) : c * (w + 4) + t.shape[1]] = t
+    write_png(dest, grid)
 
 
-def _percent(x: float | None) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
-
-
-def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the per-class table: Class | IoU | Acc | Dice | BIoU, percentages with 2 decimals.
-
-    The BIoU column appears only when the summary has Boundary IoU. Missing scores (NaN or None) read "nan".
-    """
-    per_class: Mapping[str, Mapping[str, float | None]] = summary["per_class"]
-    columns = [c for c in _COLUMNS if any(c in row for row in per_class.values())]
-    rows = [[name, *(_percent(scores.get(c)) for c in columns)] for name, scores in per_class.items()]
-    return ["Class", *columns], rows
-
-
-def summary_row(summary: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Header and the one row of dataset means: aAcc | mIoU | mAcc | mDice | mBIoU (if present), in percent."""
-    columns = [c for c in _SUMMARY_COLUMNS if c in summary]
-    return columns, [_percent(summary[c]) for c in columns]
-
-
-def _ascii_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells: Sequence[str]) -> str:
-        return "|" + "|".join(f" {str(c):^{w}} " for c, w in zip(cells, widths, strict=True)) + "|"
-
-    return "\n".join([rule, line(header), rule, *(line(r) for r in rows), rule])
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    align = ["---", *("---:" for _ in header[1:])]
-    lines = [header, align, *rows]
-    return "\n".join("| " + " | ".join(str(c) for c in cells) + " |" for cells in lines)
-
-
-def format_table(summary: Mapping[str, Any]) -> str:
-    """The mmseg-style console report: the per-class table, then the dataset means."""
-    header, rows = table_rows(summary)
-    s_header, s_row = summary_row(summary)
-    mode = "per-image mean" if summary.get("per_image") else "dataset"
-    return f"per-class results:\n{_ascii_table(header, rows)}\nsummary ({mode}):\n{_ascii_table(s_header, [s_row])}"
-
-
-def format_markdown(summary: Mapping[str, Any]) -> str:
-    """The same tables as :func:`format_table`, as markdown."""
-    header, rows = table_rows(summary)
-    s_header, s_row = summary_row(summary)
-    return f"{_markdown_table(s_header, [s_row])}\n\n{_markdown_table(header, rows)}\n"
-
-
-def write_tables(summary: Mapping[str, Any], csv_path: str | os.PathLike[str], md_path: str | os.PathLike[str]) -> None:
-    """Write the per-class table as CSV (one row per class) and both tables as markdown, atomically."""
-    header, rows = table_rows(summary)
-    write_csv(csv_path, header, rows)
-    write_text(md_path, format_markdown(summary))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Plots
-
-
-def _new_figure(width: float, height: float) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _save_figure(fig: Any, dest: str | os.PathLike[str]) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    with atomic_open(dest, "wb") as f:
-        f.write(buf.getvalue())
-
-
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], dest: str | os.PathLike[str]) -> None:
-    """Write the confusion matrix, normalised by row (each truth row sums to 1), as a PNG.
-
-    Args:
-        matrix: (C, C) counts, rows = truth, columns = prediction.
-        class_names: C names, shown on both axes.
-        dest: PNG path.
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    c = len(class_names)
-    if m.shape != (c, c):
-        raise UserError(f"confusion matrix has shape {m.shape} but there are {c} class names")
-    rows = m.sum(axis=1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)  # a class absent from the truth: a zero row
-    side = min(40.0, max(5.0, 0.45 * c + 2.5))
-    fig = _new_figure(side + 1.0, side)
-    ax = fig.add_subplot()
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(c), labels=list(class_names), rotation=90, fontsize=8)
-    ax.set_yticks(range(c), labels=list(class_names), fontsize=8)
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("truth")
-    ax.set_title("confusion matrix (normalised by truth row)")
-    if c <= 20:
-        for i in range(c):
-            for j in range(c):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
-    fig.tight_layout()
-    _save_figure(fig, dest)
-
-
-def rank_images(scores: Sequence[float] | np.ndarray, n: int) -> tuple[list[int], list[int]]:
-    """Indices of the ``n`` worst and ``n`` best images by score; NaN scores (nothing to score) are left out.
-
-    Worst come lowest first, best highest first; an image is never in both (with fewer than 2n scored images the
-    best list gets what is left). Ties keep input order.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    scored = np.flatnonzero(~np.isnan(s))
-    order = scored[np.argsort(s[scored], kind="stable")]
-    worst = order[:n].tolist()
-    rest = order[len(worst) :]
-    best = rest[::-1][:n].tolist()
-    return worst, best
-
-
-def plot_examples(  # noqa: PLR0913 - the figure's data (images, truth, predictions) and its display options
-    dest: str | os.PathLike[str],
-    images: Sequence[np.ndarray],
-    targets: Sequence[np.ndarray],
-    preds: Sequence[np.ndarray],
-    num_classes: int,
-    n: int = 4,
-    ignore_index: int = 255,
-    scores: Sequence[float] | np.ndarray | None = None,
-    names: Sequence[str] | None = None,
-) -> tuple[list[int], list[int]]:
-    """Write a PNG grid (image | truth | prediction | error) of the ``n`` worst and ``n`` best images by mIoU.
-
-    Args:
-        dest: PNG path.
-        images: (H, W, 3) uint8 (or (H, W) grey) images; any indexable sequence, so a lazy loader works.
-        targets: (H, W) true class masks.
-        preds: (H, W) predicted class masks.
-        num_classes: number of classes C.
-        n: rows for the worst and for the best images.
-        ignore_index: truth value drawn grey and never scored.
-        scores: per-image mIoU, when already known (e.g. :func:`pipeline.metrics.image_miou`); then only the
-            chosen images are read. Computed from ``targets`` and ``preds`` otherwise.
-        names: per-image labels for the row titles (default: the index).
-
-    Returns:
-        (worst, best) indices drawn.
-    """
-    if not len(images) == len(targets) == len(preds):
-        raise UserError(f"got {len(images)} images, {len(targets)} targets and {len(preds)} predictions")
-    if scores is None:
-        mats = np.stack(
-            [confusion_matrix(preds[i], targets[i], num_classes, ignore_index).numpy() for i in range(len(preds))]
-        )
-        scores = image_miou(mats) if len(mats) else np.zeros(0)
-    scores = np.asarray(scores, dtype=np.float64)
-    if len(scores) != len(images):
-        raise UserError(f"got {len(scores)} scores for {len(images)} images")
-    worst, best = rank_images(scores, n)
-    chosen = [("worst", i) for i in worst] + [("best", i) for i in best]
-    if not chosen:
-        raise UserError("no image has a score (every pixel ignored?); nothing to draw")
-    fig = _new_figure(4 * 2.6, len(chosen) * 2.6)
-    axes = fig.subplots(len(chosen), 4, squeeze=False)
-    for row, (kind, i) in enumerate(chosen):
-        target, pred = np.asarray(targets[i]), np.asarray(preds[i])
-        label = names[i] if names is not None else f"#{i}"
-        panels = [
-            (np.asarray(images[i]), f"{kind}: {label}"),
-            (colorize(target, ignore_index), "truth"),
-            (colorize(pred, ignore_index), "prediction"),
-            (error_map(pred, target, ignore_index), f"error (mIoU {_percent(float(scores[i]))}%)"),
+def write_summary(params: Params, layout: Layout) -> str:
+    classes = read_json(layout.classes_json)
+    rounds = list(range(1, 2 + params.pseudo.rounds))
+    folds = list(params.train.folds)
+    read_folds(layout)  # the folds exist (an error says what to run otherwise)
+    lines = [
+        "# Run summary",
+        "",
+        f"{datetime.date.today().isoformat()}, {platform.machine()} with "
+        f"{__import__('os').cpu_count()} CPU cores, competition `{params.data.root}`.",
+        "",
+    ]
+    lines += [
+        "## Out-of-fold mIoU (models x rounds)",
+        "",
+        "| model | " + " | ".join(f"round {r}" for r in rounds) + " |",
+        "|---|" + "---|" * len(rounds),
+    ]
+    metric = params.metric.name
+    oof: dict[str, dict[int, dict[str, Any] | None]] = {}
+    for m in params.train.models:
+        oof[m] = {r: oof_scores(layout, m, folds, r, metric, len(classes)) for r in rounds}
+        lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v['mIoU']:.4f}" for v in oof[m].values()) + " |")
+    if metric != "miou":  # the competition's metric beside mIoU
+        lines += [
+            "",
+            f"OOF `{metric}`: "
+            + "; ".join(
+                f"{m} " + ", ".join("-" if v is None else f"{v['score']:.4f}" for v in by_round.values())
+                for m, by_round in oof.items()
+            )
+            + " (rounds in order).",
         ]
-        for ax, (panel, title) in zip(axes[row], panels, strict=True):
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    _save_figure(fig, dest)
-    return worst, best
+    write_json(
+        layout.summary_json,
+        {
+            "oof_mIoU": {m: {f"round{r}": v and v["mIoU"] for r, v in by_round.items()} for m, by_round in oof.items()},
+            "metric": metric,
+            "oof_score": {
+                m: {f"round{r}": v and v["score"] for r, v in by_round.items()} for m, by_round in oof.items()
+            },
+        },
+    )
+    infer = _json(layout.infer_json) or {}
+    if infer:
+        lines += [
+            "",
+            "## Ensemble",
+            "",
+            f"Round {infer.get('round')} models, averaged in {infer.get('space')} space.",
+            "",
+            "| model | TTA (chosen on OOF) | weight | OOF mIoU with TTA |",
+            "|---|---|---|---|",
+        ]
+        for m, e in infer.get("per_model", {}).items():
+            oof_t = e.get("oof_mIoU")
+            lines.append(
+                f"| {m} | {e.get('tta')} | {infer['weights'].get(m, 0):.3f} | "
+                + ("-" if oof_t is None else f"{oof_t:.4f}")
+                + " |"
+            )
+        if "oof_mIoU" in infer:
+            lines += [
+                "",
+                f"Ensemble OOF mIoU: {infer['oof_mIoU']:.4f} (equal weights {infer['oof_mIoU_equal_weights']:.4f}).",
+            ]
+        if infer.get("oof_in_sample") is not None:
+            cross = infer.get("oof_cross_fitted")
+            lines += [
+                "",
+                f"Ensemble OOF `{infer.get('metric', 'miou')}`: in-sample {infer['oof_in_sample']:.4f} (choices fitted "
+                "and scored on every fold), cross-fitted "
+                + ("n/a (one fold)" if cross is None else f"**{cross:.4f}**")
+                + " (fold k scored with the choices fitted without it: the estimate to compare with the leaderboard).",
+            ]
+        if infer.get("fallback"):
+            lines += ["", "Fallbacks without OOF (infer.allow_fallback): " + "; ".join(infer["fallback"]) + "."]
+    no_truth = truth_mismatch(params.data.truth_dir, params.data.test_json_path)
+    if no_truth:  # a leaderboard file left by another competition is not this one's
+        print(f"no truth for this competition: {no_truth}; the report has no local leaderboard")
+    lb = None if no_truth else _json(layout.leaderboard_json)
+    lb = lb if lb and "mIoU" in lb else None  # {"scored": false}: infer found no truth
+    if lb:
+        lines += [
+            "",
+            "## Local leaderboard (held-back test truth)",
+            "",
+            f"`{lb.get('metric', 'miou')}` (the competition metric, params `metric.name`) "
+            f"**{lb.get('score', lb['mIoU']):.4f}**;"
+            f" mIoU {lb['mIoU']:.4f} over {len(lb['per_class'])} classes with background (dataset convention), "
+            f"mBIoU {lb['mBIoU']:.4f}, aAcc {lb['aAcc']:.4f}.",
+            "",
+            format_markdown(lb),
+        ]
+    secs = stage_seconds(layout, params)
+    if secs:
+        lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {format_seconds(v)} |" for k, v in secs.items()]
+    prediction_grid(params, layout, layout.predictions_png)
+    lines += [
+        "",
+        "## Test predictions",
+        "",
+        "Each pair: test image | predicted mask (colour = class).",
+        "",
+        f"![test predictions]({layout.predictions_png.name})",
+    ]
+    text = "\n".join(lines) + "\n"
+    write_text(layout.summary_md, text)
+    return text

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.config import Params
 from pipeline.io import atomic_dir, write_csv, write_text
-from pipeline.paths import Layout
+from pipeline.paths import Layout, PseudoSetFiles
 
 # Columns of the per-epoch curves CSV (what `dvc plots` reads).
 LOG_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_mIoU", "val_mBIoU", "val_aAcc", "train_img_s", "seconds"]
@@ -41,7 +41,7 @@ def pseudo_set(params: Params, fold: int) -> int | str:
 def skip_training_round(params: Params, layout: Layout, model_name: str, fold: int, round_: int) -> None:
     """The outputs of a switched-off training round: a ``skipped.txt`` that says why, and an empty curves file."""
     write_text(
-        layout.model_dir(model_name, fold, round_) / "skipped.txt",
+        layout.fold_files(model_name, fold, round_).skipped,
         f"pseudo.rounds is {params.pseudo.rounds}: no round {round_}\n",
     )
     write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [])
@@ -52,6 +52,6 @@ def skip_pseudo_round(params: Params, layout: Layout, round_: int) -> dict[str, 
     """The outputs of a switched-off pseudo-label round: empty sets; returns its summary."""
     for s in pseudo_sets(params):
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
-            write_csv(d / "index.csv", PSEUDO_INDEX_COLUMNS, [])
+            write_csv(PseudoSetFiles(d).index_csv, PSEUDO_INDEX_COLUMNS, [])
     print(f"pseudo-labels from round {round_} skipped (pseudo.rounds: {params.pseudo.rounds})")
     return {"round": round_, "source": params.pseudo.source, "sets": {}, "disabled": True}

@@ -61,13 +61,13 @@ TRAIN_ENTRY = "stages.train"
 
 def pseudo_pairs(params: Params, layout: Layout, fold: int, round_: int = 1) -> list[tuple[Path, Path]]:
     """(test image path, pseudo mask path) pairs that round ``round_ + 1``'s fold ``fold`` trains on."""
-    d = layout.pseudo_dir(round_, pseudo_set(params, fold))
-    index = d / "index.csv"
+    files = layout.pseudo_files(round_, pseudo_set(params, fold))
+    index = files.index_csv
     if not index.is_file():
         raise UserError(f"{index} not found: run the pseudo stage first (dvc repro pseudo)")
     df = pd.read_csv(index)
-    root = Path(params.data.root) / params.data.images_dir
-    return [(safe_join(root, f), d / m) for f, m in zip(df["file_name"], df["mask"])]
+    root = params.data.images_path
+    return [(safe_join(root, f), files.root / m) for f, m in zip(df["file_name"], df["mask"])]
 
 
 def train_round(
@@ -90,7 +90,7 @@ def train_round(
         return None
     cfg, train = round_config(cfg, params)
     init = layout.checkpoint(model_name, fold, round_ - 1) if params.pseudo.init_from_previous else None
-    (layout.model_dir(model_name, fold, round_) / "skipped.txt").unlink(missing_ok=True)  # from a run with fewer rounds
+    layout.fold_files(model_name, fold, round_).skipped.unlink(missing_ok=True)  # from a run with fewer rounds
     extra = pseudo_pairs(params, layout, fold, round_ - 1)
     return train_fold(
         cfg, model_name, fold, layout, params.data, train, round_, extra, init_weights=init, metric=params.metric.name
@@ -129,7 +129,7 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
     guard = StepGuard(model_name, fold, round_, rec, run.model_config, ctx.ddp.world)  # pipeline/faults.py
     if ctx.ddp.main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run.out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(run.files.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         # DVC deletes the (non-persistent) curves file before running the stage: a resume of a finished run
         # must write it again from the checkpoint's history, or the stage fails for a missing output
         write_curves(run, state)

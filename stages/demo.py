@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.data.demo import generate_demo
 from pipeline.errors import run_cli
 from pipeline.io import write_json
@@ -14,9 +14,9 @@ from pipeline.paths import Layout
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: demo)")
-    ap.add_argument("--out", default="data/competition", help="competition folder to write")
-    ap.add_argument("--truth", default="data/truth", help="folder for the held-back test truth masks")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: demo)")
+    ap.add_argument("--out", default=str(Layout().competition_dir), help="competition folder to write")
+    ap.add_argument("--truth", default=str(Layout().truth_dir), help="folder for the held-back test truth masks")
     args = ap.parse_args(argv)
     t0 = time.time()
     counts = generate_demo(load_params(args.params).demo, args.out, args.truth)

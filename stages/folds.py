@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.data.folds import build_folds
 from pipeline.errors import run_cli
 from pipeline.io import write_json
@@ -14,7 +14,7 @@ from pipeline.paths import Layout
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.folds", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: folds)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: folds)")
     args = ap.parse_args(argv)
     t0 = time.time()
     _, table = build_folds(load_params(args.params).folds, Layout())

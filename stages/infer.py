@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.errors import run_cli
 from pipeline.infer import run_ensemble
 from pipeline.io import write_json
@@ -14,7 +14,7 @@ from pipeline.submission.format import submission_format
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.infer", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo, infer)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, train, pseudo, infer)")
     args = ap.parse_args(argv)
     layout = Layout()
     params = load_params(args.params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.data.masks import build_masks, summary_table
 from pipeline.errors import run_cli
 from pipeline.io import write_json
@@ -14,7 +14,7 @@ from pipeline.paths import Layout
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.masks", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, masks)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, masks)")
     args = ap.parse_args(argv)
     t0 = time.time()
     params = load_params(args.params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import load_params, read_yaml
+from pipeline.config import DEFAULT_PARAMS, load_params, read_yaml
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
 from pipeline.plan.stage import make_plan
@@ -12,7 +12,7 @@ from pipeline.plan.stage import make_plan
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.plan", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, folds, train, pseudo, plan)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, folds, train, pseudo, plan)")
     args = ap.parse_args(argv)
     layout = Layout()
     plan = make_plan(load_params(args.params), layout, read_yaml(args.params) or {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.errors import run_cli
 from pipeline.io import write_json
 from pipeline.paths import Layout
@@ -14,7 +14,7 @@ from pipeline.rounds import pseudo_round_runs, skip_pseudo_round
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.pseudo", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo, infer)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, train, pseudo, infer)")
     ap.add_argument("--round", type=int, default=1, help="the round whose models make the labels")
     args = ap.parse_args(argv)
     layout = Layout()

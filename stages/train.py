@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
 from pipeline.plan.apply import planned_config
@@ -16,7 +16,7 @@ from pipeline.rounds import skip_training_round, training_round_runs
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, train, pseudo)")
+    ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, train, pseudo)")
     ap.add_argument("--model", required=True, help="model config name: configs/models/<name>.yaml")
     ap.add_argument("--fold", type=int, required=True, help="fold to validate on (trains on the others)")
     ap.add_argument("--round", type=int, default=1, help="1 = labelled data only; 2+ = with pseudo-labels")

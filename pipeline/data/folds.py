@@ -139,7 +139,7 @@ def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tupl
     folds = read_folds(layout)
     if fold not in set(folds["fold"]):
         raise UserError(f"fold {fold} is not in {layout.folds_csv} (folds 0..{folds['fold'].max()})")
-    images_root = Path(data.root) / data.images_dir
+    images_root = data.images_path
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     return FoldSplit(
         train_images=[images_root / f for f in tr["file_name"]] + [p for p, _ in extra],

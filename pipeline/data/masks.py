@@ -29,6 +29,7 @@ from pipeline.config import DataParams, MasksParams
 from pipeline.data.coco import Category, CocoImage, check_image_file, load_coco, paint_mask
 from pipeline.errors import DataError, UserError
 from pipeline.io import atomic_dir, clean_stale_tmp, digest_set, write_csv, write_json, write_png
+from pipeline.labels import IGNORE_INDEX
 from pipeline.paths import Layout
 
 
@@ -38,7 +39,7 @@ def _paint_one(job: tuple[Any, ...]) -> tuple[int, np.ndarray | None, str | None
     try:
         check_image_file(images_root, image, json_path)
         mask = paint_mask(image, categories, overlap, crowd)
-        write_png(out_dir / f"{image.id}.png", mask)
+        write_png(out_dir / Layout.mask_name(image.id), mask)
         return image.id, np.bincount(mask.ravel(), minlength=256).astype(np.int64), None
     except DataError as e:
         return image.id, None, str(e)
@@ -70,9 +71,9 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
     root = Path(data.root)
     if not root.is_dir():
         raise UserError(f"competition folder not found: {root} (set data.root in params.yaml)")
-    json_path = root / data.train_json
+    json_path = data.train_json_path
     coco = load_coco(json_path, require_annotations=True, on_error=data.on_error)
-    images_root = root / data.images_dir
+    images_root = data.images_path
     categories: list[Category] = coco.categories
     skipped = dict(coco.skipped)
     kept: list[CocoImage] = []
@@ -120,7 +121,7 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
         "images": len(kept),
         "annotations": sum(len(im.annotations) for im in kept),
         "skipped": skipped,
-        "ignored_pixels": int(total[255]),
+        "ignored_pixels": int(total[IGNORE_INDEX]),
         "classes": [
             {
                 "index": c["index"],

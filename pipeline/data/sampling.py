@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-IGNORE = 255
+from pipeline.labels import IGNORE_INDEX
+
 MAX_POINTS = 4096  # foreground pixels kept per (image, class): enough to centre crops on, small for 6000x6000 tiles
 NO_CENTRE = -1  # (image, NO_CENTRE, NO_CENTRE): a sample cropped at random by the dataset's transform
 
@@ -33,7 +34,7 @@ def foreground_points(masks: Sequence[np.ndarray], seed: int = 0) -> dict[int, l
     for i, m in enumerate(masks):
         flat = m.ravel()
         for c in np.unique(flat):
-            if c == 0 or c == IGNORE:
+            if c == 0 or c == IGNORE_INDEX:
                 continue
             idx = np.flatnonzero(flat == c)
             if len(idx) > MAX_POINTS:  # a fixed subsample: the same points every epoch and every run

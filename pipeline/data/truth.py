@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 from pipeline.io import read_json, write_json
+from pipeline.paths import TruthFiles
 
-RECORD = "competition.json"
+RECORD = TruthFiles.RECORD  # the record's file name in a truth folder
 
 
 def competition_sha256(test_json: str | os.PathLike[str]) -> str:
@@ -24,7 +25,7 @@ def competition_sha256(test_json: str | os.PathLike[str]) -> str:
 
 def write_truth_record(truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str]) -> None:
     """Record in ``truth_dir`` that its masks are the truth of the competition whose test split is ``test_json``."""
-    write_json(Path(truth_dir) / RECORD, {"test_json_sha256": competition_sha256(test_json)})
+    write_json(TruthFiles(Path(truth_dir)).record, {"test_json_sha256": competition_sha256(test_json)})
 
 
 def truth_mismatch(truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str]) -> str | None:
@@ -32,7 +33,7 @@ def truth_mismatch(truth_dir: str | os.PathLike[str], test_json: str | os.PathLi
     truth_dir, test_json = Path(truth_dir), Path(test_json)
     if not truth_dir.is_dir():
         return f"{truth_dir} does not exist"
-    record = truth_dir / RECORD
+    record = TruthFiles(truth_dir).record
     if not record.is_file():
         return f"{truth_dir} has no {RECORD} saying which competition it belongs to (the demo and importers write it)"
     if not test_json.is_file():

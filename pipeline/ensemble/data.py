@@ -38,7 +38,7 @@ class OofData:
 def oof_data(layout: Layout, params: Params, folds: Sequence[int]) -> OofData:
     """The validation images of ``folds`` from the saved folds."""
     df = read_folds(layout)
-    root = Path(params.data.root) / params.data.images_dir
+    root = params.data.images_path
     ids, images = {}, {}
     for f in folds:
         sel = df[df["fold"] == f]
@@ -84,9 +84,8 @@ def test_set(params: Params, images_dir: str | None = None) -> TestSet:
                 sizes.append((im.height, im.width))
         names = [str(f.relative_to(folder)) for f in files]
         return TestSet(list(range(1, len(files) + 1)), names, files, sizes)
-    root = Path(params.data.root)
-    coco = load_coco(root / params.data.test_json, require_annotations=False, on_error=params.data.on_error)
-    images_root = root / params.data.images_dir
+    coco = load_coco(params.data.test_json_path, require_annotations=False, on_error=params.data.on_error)
+    images_root = params.data.images_path
     return TestSet(
         [im.id for im in coco.images],
         [im.file_name for im in coco.images],

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from pipeline.labels import IGNORE_INDEX
 from pipeline.metrics import ConfusionMatrix, score_matrices
 
 EPS = 1e-6
@@ -119,7 +120,7 @@ def fit_temperature(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], 
     logp, labels = [], []
     total = 0
     for key, mask in truth.items():
-        valid = mask != 255
+        valid = mask != IGNORE_INDEX
         lp = np.log(probs[key].astype(np.float32) + EPS)  # (C, H, W)
         logp.append(lp[:, valid].T)  # (N, C)
         labels.append(mask[valid].astype(np.int64))

@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one argparse 
 
     args = ap.parse_args(argv)
     if args.kind == "make-m2nist":
-        from pipeline.importers.m2nist import write_m2nist_npy
+        from pipeline.importers.m2nist import COMBINED_NPY, SEGMENTED_NPY, write_m2nist_npy
 
         write_m2nist_npy(args.out, args.n, args.seed)
-        print(f"wrote {args.out / 'combined.npy'} and {args.out / 'segmented.npy'} ({args.n} canvases)")
+        print(f"wrote {args.out / COMBINED_NPY} and {args.out / SEGMENTED_NPY} ({args.n} canvases)")
         return 0
     if args.kind == "m2nist":
         from pipeline.importers.m2nist import import_m2nist

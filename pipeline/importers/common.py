@@ -33,9 +33,10 @@ from pipeline.data.coco_write import annotation
 from pipeline.data.truth import write_truth_record
 from pipeline.errors import DataError, UserError
 from pipeline.io import atomic_dir, atomic_path, safe_join, write_json, write_png
+from pipeline.labels import MAX_CLASSES
+from pipeline.paths import CompetitionFiles, Layout, TruthFiles
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-MAX_CLASSES = 254  # uint8 masks: 0 background, 255 ignore
 
 SplitName = Literal["train", "test"]
 Objects = Sequence[tuple[int, np.ndarray]]  # (COCO category id, (H, W) bool mask) per object
@@ -263,6 +264,7 @@ class CompetitionWriter:
 
     def __init__(self, comp_dir: Path, truth_dir: Path | None, classes: Mapping[int, str]) -> None:
         self.comp_dir, self.truth_dir = comp_dir, truth_dir
+        self.comp = CompetitionFiles(comp_dir)
         self.classes = check_classes(classes, "class list")
         self.categories = [Category(k + 1, name, cid) for k, (cid, name) in enumerate(self.classes.items())]
         self.images: dict[SplitName, list[dict[str, Any]]] = {"train": [], "test": []}
@@ -297,7 +299,7 @@ class CompetitionWriter:
             size: (H, W) of ``source`` when the caller has already decoded it (else the copy is decoded).
             origin: where it came from, for error messages.
         """
-        dest = safe_join(self.comp_dir / "images", file_name)
+        dest = safe_join(self.comp.images_dir, file_name)
         stem = Path(file_name).stem
         if stem in self._stems:
             raise UserError(
@@ -341,7 +343,7 @@ class CompetitionWriter:
             if self.truth_dir is None:
                 raise RuntimeError("a test image with truth, but no truth folder was opened")
             painted = paint_mask(CocoImage(image_id, file_name, height, width, anns), self.categories)
-            write_png(self.truth_dir / f"{stem}.png", painted)
+            write_png(TruthFiles(self.truth_dir).mask(stem), painted)
             self.test_objects += len(anns)
         return image_id
 
@@ -351,12 +353,12 @@ class CompetitionWriter:
             raise UserError("no train images to write")
         categories = coco_categories(self.classes)
         train = {"info": dict(info), "images": self.images["train"], "annotations": self.annotations}
-        write_json(self.comp_dir / "train.json", {**train, "categories": categories})
+        write_json(self.comp.train_json, {**train, "categories": categories})
         test = {"info": dict(info), "images": self.images["test"], "categories": categories}
-        write_json(self.comp_dir / "test.json", test)
+        write_json(self.comp.test_json, test)
         if self.truth_dir is not None:
-            write_json(self.truth_dir / "classes.json", classes_json(self.classes))
-            write_truth_record(self.truth_dir, self.comp_dir / "test.json")  # whose truth it is (the leaderboard)
+            write_json(TruthFiles(self.truth_dir).classes_json, classes_json(self.classes))
+            write_truth_record(self.truth_dir, self.comp.test_json)  # whose truth it is (the leaderboard)
         return {
             "train_images": len(self.images["train"]),
             "test_images": len(self.images["test"]),
@@ -387,7 +389,7 @@ def write_competition(
     with contextlib.ExitStack() as stack:
         comp = stack.enter_context(atomic_dir(out))
         truth_tmp = stack.enter_context(atomic_dir(truth)) if truth is not None else None
-        (comp / "images").mkdir()
+        CompetitionFiles(comp).images_dir.mkdir()
         writer = CompetitionWriter(comp, truth_tmp, classes)
         yield writer
         counts.update(writer.finish(info))
@@ -395,4 +397,4 @@ def write_competition(
 
 def default_truth(out: str | os.PathLike[str]) -> Path:
     """The truth folder beside ``out`` (``data/competition`` -> ``data/truth``, as params.yaml expects)."""
-    return Path(out).parent / "truth"
+    return Path(out).parent / Layout().truth_dir.name

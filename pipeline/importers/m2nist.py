@@ -23,6 +23,11 @@ from pipeline.importers.common import (
     write_competition,
 )
 from pipeline.io import atomic_open
+from pipeline.paths import generated_image_name
+
+# M2NIST's file names: the dataset's own input format, which the generator writes too
+COMBINED_NPY = "combined.npy"
+SEGMENTED_NPY = "segmented.npy"
 
 
 def _load(path: Path) -> np.ndarray:
@@ -145,7 +150,7 @@ def import_m2nist(
             class_mask = onehot_to_class_mask(labels[i], i, segmented_path)
             writer.add(
                 "test" if key in test else "train",
-                f"m2nist_{i:05d}.png",
+                generated_image_name("m2nist", i),
                 class_mask_objects(class_mask),
                 pixels=canvas,
                 image_id=i + 1,
@@ -222,7 +227,7 @@ def write_m2nist_npy(
     channel = np.where(class_masks == 0, 10, class_masks.astype(np.int64) - 1)  # digit d -> channel d, bg -> 10
     np.put_along_axis(onehot, channel[..., None], 1, axis=-1)
     out = Path(out_dir)
-    for name, arr in (("combined.npy", canvases), ("segmented.npy", onehot)):
+    for name, arr in ((COMBINED_NPY, canvases), (SEGMENTED_NPY, onehot)):
         with atomic_open(out / name, "wb") as f:
             np.save(f, arr)
     return class_masks

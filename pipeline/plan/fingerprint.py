@@ -26,9 +26,9 @@ from scipy import ndimage
 from pipeline.config import DataParams, to_dict
 from pipeline.errors import UserError
 from pipeline.io import read_image, read_json, read_mask, safe_join
+from pipeline.labels import IGNORE_INDEX
 from pipeline.paths import Layout
 
-IGNORE = 255
 # PIL modes -> (channels, bits per channel); anything else is read as 8-bit RGB by pipeline.io.read_image
 _MODES = {
     "1": (1, 1),
@@ -120,7 +120,7 @@ def component_areas(masks: Iterable[np.ndarray], num_classes: int) -> dict[int, 
     for m in masks:
         for c in np.unique(m):
             c = int(c)
-            if c == 0 or c == IGNORE or c not in areas:
+            if c == 0 or c == IGNORE_INDEX or c not in areas:
                 continue
             labels, n = ndimage.label(m == c)
             if n:
@@ -200,7 +200,7 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
     summary = read_json(layout.mask_summary)
     if index.empty:
         raise UserError(f"{layout.train_index}: no training images")
-    images_root = Path(data.root) / data.images_dir
+    images_root = data.images_path
     rows = index.iloc[sample_rows(len(index), sample, seed)]
 
     masks, pictures, modes = [], [], {}
@@ -225,7 +225,7 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
     grey_modes = all(m in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") for m in modes)
     labelled = sum(c["pixels"] for c in summary["classes"])
     total = labelled + summary.get("ignored_pixels", 0)
-    test_json = Path(data.root) / data.test_json
+    test_json = data.test_json_path
     test_images = len(read_json(test_json).get("images", [])) if test_json.is_file() else 0
     return Fingerprint(
         images=len(index),

@@ -20,7 +20,7 @@ import pandas as pd
 from pipeline.config import ModelConfig, Params, from_dict, to_dict
 from pipeline.errors import UserError
 from pipeline.io import safe_join
-from pipeline.paths import Layout
+from pipeline.paths import Layout, weights_files
 from pipeline.plan import budget as bud
 from pipeline.plan import rules
 from pipeline.plan.apply import (
@@ -43,8 +43,7 @@ from pipeline.plan.machine import Machine, OutOfMemory, StepTiming, describe_mac
 def find_weights(cfg: ModelConfig, weights_dir: str) -> tuple[str | None, str]:
     """A local weights file for the encoder (``<weights_dir>/<encoder>.safetensors|.pth``) or the local Hugging
     Face cache; nothing is downloaded. Returns the ``pretrained`` value and why."""
-    for ext in (".safetensors", ".pth", ".pt", ".bin"):
-        path = Path(weights_dir) / f"{cfg.encoder}{ext}"
+    for path in weights_files(weights_dir, cfg.encoder):
         if path.is_file():
             return str(path), f"local weights {path} for {cfg.encoder}: fine-tuning from them"
     from pipeline.models.pretrained import resolve_pretrained
@@ -91,7 +90,7 @@ def plan_choices(
 def probe_images(layout: Layout, params: Params, n: int) -> tuple[list[Path], list[Path]]:
     index = pd.read_csv(layout.train_index)
     rows = index.iloc[sample_rows(len(index), n, params.plan.seed)]
-    root = Path(params.data.root) / params.data.images_dir
+    root = params.data.images_path
     images = [safe_join(root, str(f)) for f in rows["file_name"]]
     return images, [layout.mask_path(int(i)) for i in rows["image_id"]]
 
@@ -189,7 +188,7 @@ def plan_model(
     path = layout.model_config(name)
     data = read_config_data(path)
     explicit = explicit_keys(data)
-    src = str(Path("configs") / "models" / f"{name}.yaml")
+    src = str(Layout().model_config(name))  # relative to the project, as the plan records it
     if is_planned(data):
         candidates = params.plan.gpu_models if machine.device == "cuda" else params.plan.cpu_models
     else:
@@ -200,9 +199,9 @@ def plan_model(
     sized = None
     for cand in candidates:
         base = read_config_data(layout.model_config(cand)) if cand != name else data
+        base_src = str(Layout().model_config(cand))
         if is_planned(base):
-            raise UserError(f"plan candidate {cand!r}: configs/models/{cand}.yaml is a planned config, not a full one")
-        base_src = str(Path("configs") / "models" / f"{cand}.yaml")
+            raise UserError(f"plan candidate {cand!r}: {base_src} is a planned config, not a full one")
         choices, geometry = plan_choices(
             fp, machine.device, base, base_src, explicit, n_fit, probe, params.plan.weights_dir
         )
@@ -241,11 +240,8 @@ def disabled_plan(fp: Fingerprint, layout: Layout, params: Params) -> dict[str, 
     for name in params.train.models:
         cfg = fixed_config(name, layout, params.plan.fallback)
         planned = is_planned(read_config_data(layout.model_config(name)))
-        where = (
-            f"{params.plan.fallback} with configs/models/{name}.yaml over it"
-            if planned
-            else f"configs/models/{name}.yaml"
-        )
+        src = str(Layout().model_config(name))
+        where = f"{params.plan.fallback} with {src} over it" if planned else src
         models[name] = {
             "base": params.plan.fallback if planned else name,
             "config": to_dict(cfg),

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.config import from_dict
+from pipeline.config import DEFAULT_PARAMS, from_dict
 from pipeline.errors import DataError, UserError
 from pipeline.io import read_json
 from pipeline.rle import KAGGLE, RleFormat
@@ -147,7 +147,7 @@ TRASH = SubmissionFormat(
 """The trash-competition layout: ``image_id,PredictionString`` with 256x256 row-major class indices."""
 
 
-def submission_format(params: Any, params_path: str | os.PathLike[str] = "params.yaml") -> SubmissionFormat:
+def submission_format(params: Any, params_path: str | os.PathLike[str] = DEFAULT_PARAMS) -> SubmissionFormat:
     """The :class:`SubmissionFormat` of ``params.infer.submission`` (a ``Params``, an ``InferParams`` or the dict
     itself), checked strictly; an error names ``params_path`` and the key, e.g. ``profiles/x.yaml: infer.submission:
     unknown key 'layot'``."""

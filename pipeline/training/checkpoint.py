@@ -149,7 +149,7 @@ class Checkpoints:
 
     @property
     def last(self) -> Path:
-        return self.run.out_dir / "last.pt"
+        return self.run.files.last
 
     def save(self, opt: Optimisation, state: TrainState, metrics: dict[str, Any], best: bool) -> None:
         """Write ``last.pt`` (and ``best.pt`` first, when ``best``) after an epoch; ``metrics``: its validation."""
@@ -170,7 +170,7 @@ class Checkpoints:
             "round": self.run.round_,
         }
         if best:
-            save_torch(self.run.out_dir / "best.pt", ck)
+            save_torch(self.run.files.best, ck)
         save_torch(self.last, ck)  # last: the one a resume reads, written after best
 
     def resume(self, opt: Optimisation, main: bool) -> TrainState:

@@ -17,7 +17,7 @@ import torch
 from pipeline.config import ModelConfig, TrainParams
 from pipeline.data.dataset import normalize
 from pipeline.distributed import Dist, init_process
-from pipeline.paths import Layout
+from pipeline.paths import FoldFiles, Layout
 from pipeline.predict import autocast
 
 
@@ -34,6 +34,11 @@ class RunId:
     def out_dir(self) -> Path:
         """The model folder: checkpoints, config.yaml, metrics.json, oof.npz, the fold report."""
         return self.layout.model_dir(self.model, self.fold, self.round_)
+
+    @property
+    def files(self) -> FoldFiles:
+        """The files in :attr:`out_dir`."""
+        return FoldFiles(self.out_dir)
 
     @property
     def curves(self) -> Path:

@@ -15,6 +15,7 @@ from pipeline.faults import fold_health
 from pipeline.io import load_torch, read_image, write_json, write_npz
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
 from pipeline.models.registry import build_model
+from pipeline.paths import FoldFiles
 from pipeline.predict import iter_logits
 from pipeline.training.context import Context
 
@@ -24,8 +25,8 @@ def finish_fold(
 ) -> dict[str, Any]:
     """Reload the best checkpoint, write out-of-fold probabilities and metrics.json; return the metrics (with
     :func:`pipeline.faults.fold_health`'s fields: the batches skipped as non-finite, and whether it collapsed)."""
-    out_dir, classes = ctx.run.out_dir, ctx.classes
-    ck = load_torch(out_dir / "best.pt")
+    files, classes = ctx.run.files, ctx.classes
+    ck = load_torch(files.best)
     model = build_model(cfg, len(classes)).to(ctx.device)
     model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
     if ctx.channels_last:
@@ -41,9 +42,9 @@ def finish_fold(
         for j, i in enumerate(idx.tolist()):
             probs[str(val_ids[i])] = p[j]
             preds[i] = p[j].argmax(0).astype(np.uint8)
-    write_npz(out_dir / "oof.npz", **probs)
+    write_npz(files.oof, **probs)
     ordered, truths = [preds[i] for i in range(len(val_ds))], [val_ds.original_mask(i) for i in range(len(val_ds))]
-    fold_report(out_dir, val_ds, ordered, classes)
+    fold_report(files, val_ds, ordered, classes)
     m = ck["metrics"]
     metrics = {
         "best_epoch": ck["best_epoch"],
@@ -58,15 +59,16 @@ def finish_fold(
         # skipped_nonfinite_batches, and collapsed: a best model that predicts one class everywhere (a warning too)
         **fold_health(f"{ck['model_name']} fold {ck['fold']}", history, ordered, truths),
     }
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(files.metrics, metrics)
     return metrics
 
 
-def fold_report(out_dir: Path, val_ds: SegDataset, preds: list[np.ndarray], classes: list[dict[str, Any]]) -> None:
+def fold_report(files: FoldFiles, val_ds: SegDataset, preds: list[np.ndarray], classes: list[dict[str, Any]]) -> None:
     """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG, and a
     grid of the worst and best validation images (image / truth / prediction / error)."""
     from pipeline.metrics import image_miou
-    from pipeline.report import format_table, plot_confusion_matrix, plot_examples, write_tables
+    from pipeline.plots import plot_confusion_matrix, plot_examples
+    from pipeline.tables import format_table, write_tables
 
     names = [c["name"] for c in classes]
     cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
@@ -76,12 +78,10 @@ def fold_report(out_dir: Path, val_ds: SegDataset, preds: list[np.ndarray], clas
         biou.update(p, t)
     summary = summarize(cm, names, boundary=biou)
     print(format_table(summary))
-    write_tables(summary, out_dir / "per_class.csv", out_dir / "per_class.md")
-    plot_confusion_matrix(cm.matrix, names, out_dir / "confusion.png")
+    write_tables(summary, files.per_class_csv, files.per_class_md)
+    plot_confusion_matrix(cm.matrix, names, files.confusion_png)
     images = _LazyImages(val_ds.images)  # only the drawn rows are read
-    plot_examples(
-        out_dir / "examples.png", images, truths, preds, len(classes), n=4, scores=image_miou(cm.image_matrices)
-    )
+    plot_examples(files.examples_png, images, truths, preds, len(classes), n=4, scores=image_miou(cm.image_matrices))
 
 
 class _LazyImages:

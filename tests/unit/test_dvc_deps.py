@@ -216,6 +216,33 @@ SECTION_KEYS = {
 TOP_KEYS = {name for name, tp in _HINTS.items() if not dataclasses.is_dataclass(tp)}  # top-level keys, no section
 
 
+def _property_reads() -> dict[str, dict[str, set[str]]]:
+    """Section -> {property: the section's keys it reads}: ``data.train_json_path`` reads ``data.root`` and
+    ``data.train_json`` (the properties of the params classes in ``pipeline/config.py``, read from their ``self.x``)."""
+    tree = ast.parse((REPO / "pipeline" / "config.py").read_text())
+    out: dict[str, dict[str, set[str]]] = {}
+    for cls in tree.body:
+        if not isinstance(cls, ast.ClassDef) or cls.name not in SECTION_OF_CLASS:
+            continue
+        section = SECTION_OF_CLASS[cls.name]
+        for fn in cls.body:
+            if isinstance(fn, ast.FunctionDef) and any(
+                isinstance(d, ast.Name) and d.id == "property" for d in fn.decorator_list
+            ):
+                out.setdefault(section, {})[fn.name] = {
+                    f"{section}.{a.attr}"
+                    for a in ast.walk(fn)
+                    if isinstance(a, ast.Attribute)
+                    and isinstance(a.value, ast.Name)
+                    and a.value.id == "self"
+                    and a.attr in SECTION_KEYS[section]
+                }
+    return out
+
+
+PROPERTY_READS = _property_reads()
+
+
 @dataclasses.dataclass
 class _Module:
     name: str
@@ -363,6 +390,8 @@ def _reads(node: ast.AST) -> set[str]:
                 reads.add(pair[1])
             elif kind in SECTION_KEYS and pair[1] in SECTION_KEYS[kind]:
                 reads.add(f"{kind}.{pair[1]}")
+            elif kind in PROPERTY_READS and pair[1] in PROPERTY_READS[kind]:  # a property reads the keys it joins
+                reads |= PROPERTY_READS[kind][pair[1]]
         if isinstance(sub, ast.Call) and sub.args:
             func = sub.func
             fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
@@ -474,6 +503,13 @@ def test_the_reader_follows_sections_through_names_and_calls() -> None:
         "masks.workers",
         "demo",
     }
+    # a property of a section reads the keys it is made of
+    assert _reads(ast.parse("def f(data: DataParams):\n    return data.test_json_path, data.on_error.upper()\n")) == {
+        "data.root",
+        "data.test_json",
+        "data.on_error",
+    }
+    assert PROPERTY_READS["data"]["images_path"] == {"data.root", "data.images_dir"}
     # reached: what main calls, through imports; not reached: a function nothing calls
     assert "data.truth_dir" in param_reads("stages.infer")  # run_ensemble's local leaderboard
     assert "data.truth_dir" not in param_reads("stages.pseudo")  # only pipeline.leaderboard.main reads it there

@@ -13,7 +13,7 @@ from pipeline.ensemble.members import Member
 from pipeline.errors import UserError
 from pipeline.io import write_json
 from pipeline.paths import Layout
-from pipeline.summary import format_seconds, stage_seconds
+from pipeline.report import format_seconds, stage_seconds
 
 CONFIG_TTA = TtaConfig(flips=["hflip"], scales=[1.0], merge="mean")
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from pipeline.config import LossTerm
 from pipeline.errors import UserError
-from pipeline.losses import IGNORE, WeightedLoss
+from pipeline.labels import IGNORE_INDEX as IGNORE
+from pipeline.losses import WeightedLoss
 
 NAMES = ["ce", "dice", "focal", "lovasz", "jaccard"]
 

@@ -1,215 +1,150 @@
-"""Report: tables (console, CSV, markdown), confusion-matrix and example PNGs, palette and mask colouring."""
+"""The report's figures against an independent computation: OOF mIoU from a direct np.bincount confusion matrix
+over the saved OOF probabilities and train masks, the leaderboard section shown only for this competition's truth,
+and the prediction grid decoded through the codec in every layout."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import UserError
-from pipeline.metrics import summarize
-from pipeline.report import (
-    ERROR_COLOR,
-    IGNORE_COLOR,
-    colorize,
-    error_map,
-    format_markdown,
-    format_table,
-    palette,
-    plot_confusion_matrix,
-    plot_examples,
-    rank_images,
-    table_rows,
-    write_tables,
-)
+from pipeline.config import load_params
+from pipeline.data.truth import write_truth_record
+from pipeline.paths import Layout
+from pipeline.report import oof_miou, prediction_grid, write_summary
+from pipeline.rle import RleFormat
+from pipeline.submission.format import SubmissionFormat
+from pipeline.submission.writer import write_submission
 
-# 3 classes: IoU [1/2, 2/3, NaN] as in the metrics module's worked example, plus an absent class
-MATRIX = np.array([[2, 1, 0], [1, 4, 0], [0, 0, 0]])
-NAMES = ["background", "road", "car"]
+REPO = Path(__file__).resolve().parents[2]
+K = 4  # classes with background
+IGNORE = 255
 
 
-def summary(boundary: bool = True) -> dict:
-    return summarize(MATRIX, NAMES, boundary=np.array([0.25, 0.125, np.nan]) if boundary else None)
+def ref_miou(pairs: list[tuple[np.ndarray, np.ndarray]], k: int) -> float:
+    """Dataset mIoU of (prediction, truth) pairs: np.bincount confusion matrix, 255 truth pixels dropped."""
+    p = np.concatenate([a.ravel() for a, _ in pairs]).astype(np.int64)
+    t = np.concatenate([b.ravel() for _, b in pairs]).astype(np.int64)
+    keep = t != IGNORE
+    cm = np.bincount(t[keep] * k + p[keep], minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    return float(np.mean(tp[union > 0] / union[union > 0]))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# palette and colouring
+def make_run(tmp: Path, folds: list[int], seed: int = 0) -> tuple[Layout, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Train masks (with ignore pixels) and each fold's OOF probabilities; returns {image id: (pred, truth)}."""
+    rng = np.random.default_rng(seed)
+    layout = Layout(tmp)
+    layout.masks_dir.mkdir(parents=True)
+    pairs = {}
+    image_id = 1
+    for f in folds:
+        probs = {}
+        for _ in range(3):
+            h, w = rng.integers(3, 9, 2)
+            truth = rng.integers(0, K, (h, w)).astype(np.uint8)
+            truth[rng.random((h, w)) < 0.1] = IGNORE
+            Image.fromarray(truth).save(layout.mask_path(image_id))
+            p = rng.random((K, h, w)).astype(np.float32)
+            probs[str(image_id)] = p / p.sum(0)
+            pairs[image_id] = (p.argmax(0), truth)
+            image_id += 1
+        layout.oof_path("m", f, 1).parent.mkdir(parents=True)
+        np.savez(layout.oof_path("m", f, 1), **probs)
+    return layout, pairs
 
 
-def test_palette_is_fixed_distinct_and_never_grey() -> None:
-    full = palette(256)
-    assert full.shape == (256, 3) and full.dtype == np.uint8
-    np.testing.assert_array_equal(palette(5), full[:5])  # a class keeps its colour whatever n is
-    assert len(np.unique(full, axis=0)) == 256
-    assert full[0].tolist() == [0, 0, 0]
-    grey = (full[:, 0] == full[:, 1]) & (full[:, 1] == full[:, 2])
-    assert grey.sum() == 1  # only the black of class 0
-    assert not (full == IGNORE_COLOR).all(axis=1).any()
-    with pytest.raises(UserError, match="256"):
-        palette(257)
+def test_oof_miou_pools_every_fold_like_a_direct_confusion_matrix(tmp_path: Path) -> None:
+    layout, pairs = make_run(tmp_path, [0, 1, 2])
+    want = ref_miou(list(pairs.values()), K)
+    assert 0.05 < want < 0.6
+    assert oof_miou(layout, "m", [0, 1, 2], 1, K) == pytest.approx(want, abs=1e-12)
+    assert oof_miou(layout, "m", [0, 1, 2, 3], 1, K) is None  # a fold without OOF: no figure rather than a wrong one
 
 
-def test_colorize_maps_classes_and_greys_ignore() -> None:
-    mask = np.array([[0, 1], [255, 7]], dtype=np.uint8)
-    rgb = colorize(mask)
-    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
-    assert rgb[0, 0].tolist() == palette()[0].tolist()
-    assert rgb[0, 1].tolist() == palette()[1].tolist()
-    assert rgb[1, 1].tolist() == palette()[7].tolist()
-    assert rgb[1, 0].tolist() == list(IGNORE_COLOR)
-    with pytest.raises(UserError, match="no palette colour"):
-        colorize(np.array([[300]]))
-    with pytest.raises(UserError, match=r"\(H, W\) integer"):
-        colorize(np.zeros((2, 2), np.float32))
+def _competition(tmp: Path, fmt: SubmissionFormat, truth_matches: bool):
+    """A finished run: test images, a submission, truth (this competition's or another's), a leaderboard json."""
+    rng = np.random.default_rng(3)
+    root = tmp / "comp"
+    (root / "images").mkdir(parents=True)
+    images, preds = [], {}
+    for i in range(1, 4):
+        h, w = (6, 5) if fmt.layout == "dense" else (6 + i, 5)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3)).astype(np.uint8)).save(root / "images" / f"t{i}.png")
+        images.append({"id": i, "file_name": f"t{i}.png", "height": h, "width": w})
+        preds[str(i)] = rng.integers(0, K, (h, w)).astype(np.uint8)
+    (root / "test.json").write_text(json.dumps({"images": images, "categories": []}))
+    names = ["background", "a", "b", "c"]
+    layout, pairs = make_run(tmp, [0])
+    layout.classes_json.write_text(json.dumps([{"index": i, "name": n} for i, n in enumerate(names)]))
+    layout.folds_csv.write_text("image_id,file_name,fold\n1,x.png,0\n")
+    truth = tmp / "truth"
+    truth.mkdir()
+    other = tmp / "other.json"
+    other.write_text("{}")
+    write_truth_record(truth, root / "test.json" if truth_matches else other)
+    layout.metrics_dir.mkdir(exist_ok=True)
+    layout.leaderboard_json.write_text(json.dumps({"mIoU": 0.5, "mBIoU": 0.25, "aAcc": 0.75, "per_class": {}}))
+    sub = write_submission(preds.items(), list(enumerate(names)), tmp / "sub.csv", fmt)
+    params = load_params(REPO / "params.yaml")
+    params = dataclasses.replace(
+        params,
+        data=dataclasses.replace(params.data, root=str(root), truth_dir=str(truth), test_json="test.json"),
+        train=dataclasses.replace(params.train, models=["m"], folds=[0]),
+        pseudo=dataclasses.replace(params.pseudo, rounds=0),
+        infer=dataclasses.replace(params.infer, output=str(sub), submission=_as_params(fmt)),
+    )
+    return params, layout, preds, pairs
 
 
-def test_error_map() -> None:
-    target = np.array([[0, 1], [255, 2]])
-    pred = np.array([[0, 2], [1, 2]])
-    err = error_map(pred, target)
-    assert err[0, 0].tolist() == [0, 0, 0]
-    assert err[0, 1].tolist() == list(ERROR_COLOR)
-    assert err[1, 0].tolist() == list(IGNORE_COLOR)  # wrong, but ignored
-    assert err[1, 1].tolist() == [0, 0, 0]
+def _as_params(fmt: SubmissionFormat) -> dict:
+    d = dataclasses.asdict(fmt)
+    d["dense_size"] = list(d["dense_size"])
+    return d
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# tables
+LAYOUTS = [
+    SubmissionFormat(),
+    SubmissionFormat(rle=RleFormat(order="row", start_index=0, starts="relative", empty="-1"), layout="per_image"),
+    SubmissionFormat(key_format="{id}_{class}", class_column=None, id_column="k", class_value="index"),
+    SubmissionFormat(layout="dense", class_column=None, dense_size=(6, 5)),
+    SubmissionFormat(layout="dense", class_column=None, dense_size=(3, 2)),  # shown resized to the image
+]
 
 
-def test_table_rows_are_percentages_with_nan() -> None:
-    header, rows = table_rows(summary())
-    assert header == ["Class", "IoU", "Acc", "Dice", "BIoU"]
-    assert rows == [
-        ["background", "50.00", "66.67", "66.67", "25.00"],
-        ["road", "66.67", "80.00", "80.00", "12.50"],
-        ["car", "nan", "nan", "nan", "nan"],
-    ]
-    header, rows = table_rows(summary(boundary=False))
-    assert header == ["Class", "IoU", "Acc", "Dice"]
+@pytest.mark.parametrize("fmt", LAYOUTS, ids=["per_class", "per_image_rel", "key_index", "dense", "dense_small"])
+def test_prediction_grid_shows_the_decoded_submission(tmp_path: Path, fmt: SubmissionFormat) -> None:
+    from pipeline.plots import colorize
+    from pipeline.submission.format import resize_nearest
+
+    params, layout, preds, _ = _competition(tmp_path, fmt, truth_matches=True)
+    prediction_grid(params, layout, tmp_path / "grid.png")
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    h, w = 6 + 3 if fmt.layout != "dense" else 6, 5  # the tallest tile sets the cell size
+    for i in range(3):  # tile i: image | mask, cell (0, i) of a 3-column grid with 4-pixel gutters
+        pred = preds[str(i + 1)]
+        if fmt.layout == "dense":
+            pred = resize_nearest(resize_nearest(pred, fmt.dense_size), pred.shape)  # what the CSV can say
+        ph, pw = pred.shape
+        x0 = i * (2 * w + 4)
+        np.testing.assert_array_equal(grid[0:ph, x0 + pw : x0 + 2 * pw], colorize(pred))
+        assert h >= ph
 
 
-def test_console_table() -> None:
-    text = format_table(summary())
-    lines = text.splitlines()
-    assert lines[0] == "per-class results:"
-    assert "|   Class    |  IoU  |  Acc  | Dice  | BIoU  |" in lines
-    assert "| background | 50.00 | 66.67 | 66.67 | 25.00 |" in lines
-    assert "|    car     |  nan  |  nan  |  nan  |  nan  |" in lines
-    assert "summary (dataset):" in lines
-    # means skip the NaN class: mIoU = (50 + 66.67) / 2, aAcc = 6 / 8
-    assert "| 75.00 | 58.33 | 73.33 | 73.33 | 18.75 |" in lines
-    widths = {len(line) for line in lines[1:6]}
-    assert len(widths) == 1  # every row of the per-class table lines up
-
-
-def test_write_tables_csv_and_markdown(tmp_path: Path) -> None:
-    csv_path, md_path = tmp_path / "out" / "per_class.csv", tmp_path / "out" / "metrics.md"
-    write_tables(summary(), csv_path, md_path)
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["Class"] for r in rows] == NAMES
-    assert rows[1] == {"Class": "road", "IoU": "66.67", "Acc": "80.00", "Dice": "80.00", "BIoU": "12.50"}
-    md = md_path.read_text(encoding="utf-8")
-    assert md == format_markdown(summary())
-    assert "| Class | IoU | Acc | Dice | BIoU |" in md
-    assert "| car | nan | nan | nan | nan |" in md
-    assert "| aAcc | mIoU | mAcc | mDice | mBIoU |" in md
-    assert not list(tmp_path.glob("out/.*.tmp"))  # atomic writes leave no temp files behind
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# plots
-
-
-def open_png(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        assert im.format == "PNG"
-        return im
-
-
-def test_confusion_matrix_png(tmp_path: Path) -> None:
-    dest = tmp_path / "cm.png"
-    plot_confusion_matrix(MATRIX, NAMES, dest)
-    im = open_png(dest)
-    assert 400 <= im.width <= 1000 and 400 <= im.height <= 1000
-    rgb = np.asarray(im.convert("RGB"))
-    assert rgb.std() > 10  # not a blank canvas
-    with pytest.raises(UserError, match="class names"):
-        plot_confusion_matrix(MATRIX, NAMES[:2], dest)
-
-
-def test_confusion_matrix_png_grows_with_classes(tmp_path: Path) -> None:
-    small, big = tmp_path / "small.png", tmp_path / "big.png"
-    plot_confusion_matrix(MATRIX, NAMES, small)
-    c = 40
-    plot_confusion_matrix(np.random.default_rng(0).integers(0, 9, (c, c)), [f"class {i}" for i in range(c)], big)
-    assert open_png(big).width > open_png(small).width
-
-
-def test_rank_images() -> None:
-    scores = [0.5, np.nan, 0.1, 0.9, 0.3, 0.9]
-    assert rank_images(scores, 2) == ([2, 4], [5, 3])
-    assert rank_images(scores, 4) == ([2, 4, 0, 3], [5])  # never the same image twice
-    assert rank_images([np.nan], 3) == ([], [])
-
-
-class Recording(Sequence):
-    """A sequence that remembers which items were read (to check that only the chosen images are loaded)."""
-
-    def __init__(self, items: list[np.ndarray]) -> None:
-        self.items, self.read = items, set()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):  # type: ignore[no-untyped-def]
-        self.read.add(i)
-        return self.items[i]
-
-
-def example_data(n_images: int = 6) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    rng = np.random.default_rng(0)
-    images, targets, preds = [], [], []
-    for i in range(n_images):
-        t = np.kron(rng.integers(0, 3, (4, 5)), np.ones((8, 8), np.int64))  # (32, 40)
-        p = t.copy()
-        p[: 4 * i] = (p[: 4 * i] + 1) % 3  # image i has 4 * i wrong rows: image 0 is perfect, the last is worst
-        t[0, 0] = 255
-        images.append(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8))
-        targets.append(t)
-        preds.append(p)
-    return images, targets, preds
-
-
-def test_examples_png_picks_worst_and_best(tmp_path: Path) -> None:
-    images, targets, preds = example_data()
-    dest = tmp_path / "examples.png"
-    worst, best = plot_examples(dest, images, targets, preds, num_classes=3, n=2)
-    assert worst == [5, 4] and best == [0, 1]
-    im = open_png(dest)
-    assert 800 <= im.width <= 1200  # 4 panels of 2.6 in at 100 dpi
-    assert 900 <= im.height <= 1200  # 4 rows
-
-
-def test_examples_with_known_scores_read_only_the_chosen_images(tmp_path: Path) -> None:
-    images, targets, preds = (Recording(x) for x in example_data())
-    scores = [0.9, 0.2, 0.5, 0.7, 0.1, 0.95]
-    worst, best = plot_examples(tmp_path / "ex.png", images, targets, preds, 3, n=1, scores=scores)
-    assert (worst, best) == ([4], [5])
-    assert images.read == targets.read == preds.read == {4, 5}
-    assert open_png(tmp_path / "ex.png").height < 700  # 2 rows
-
-
-def test_examples_input_errors(tmp_path: Path) -> None:
-    images, targets, preds = example_data(2)
-    with pytest.raises(UserError, match="2 images, 2 targets and 1 predictions"):
-        plot_examples(tmp_path / "x.png", images, targets, preds[:1], 3)
-    with pytest.raises(UserError, match="no image has a score"):
-        plot_examples(tmp_path / "x.png", images, targets, preds, 3, scores=[np.nan, np.nan])
-    assert not (tmp_path / "x.png").exists()
+def test_the_report_shows_the_leaderboard_only_for_this_competitions_truth(tmp_path: Path, capsys) -> None:
+    params, layout, _, pairs = _competition(tmp_path / "a", SubmissionFormat(), truth_matches=True)
+    text = write_summary(params, layout)
+    assert "## Local leaderboard" in text and "`miou` (the competition metric, params `metric.name`) **0.5000**" in text
+    want = ref_miou(list(pairs.values()), K)  # the OOF table: fold 0 is the only fold
+    assert f"| m | {want:.4f} |" in text
+    summary = json.loads((layout.metrics_dir / "summary.json").read_text())
+    assert summary["oof_mIoU"]["m"]["round1"] == pytest.approx(want, abs=1e-12)
+    params, layout, _, _ = _competition(tmp_path / "b", SubmissionFormat(), truth_matches=False)
+    text = write_summary(params, layout)
+    assert "Local leaderboard" not in text
+    assert "no truth for this competition: " in capsys.readouterr().out

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pipeline.data.coco_write import patch_annotation
 from pipeline.data.truth import write_truth_record
 from pipeline.io import atomic_dir, write_png
+from pipeline.paths import CompetitionFiles, TruthFiles, generated_image_name
 
 SPLIT_CODES = {"train": 0, "test": 1}
 
@@ -130,8 +131,9 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
     categories = [{"id": i + 1, "name": n, "supercategory": name} for i, n in enumerate(class_names)]
     k = len(categories)
     pixels = np.zeros((2, k + 1), np.int64)
-    with atomic_dir(out) as comp, atomic_dir(truth) as truth_dir:
-        img_dir = comp / "images"
+    with atomic_dir(out) as comp_dir, atomic_dir(truth) as truth_tmp:
+        comp, truth_files = CompetitionFiles(comp_dir), TruthFiles(truth_tmp)
+        img_dir = comp.images_dir
         img_dir.mkdir()
         coco: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
         next_id = 1
@@ -142,7 +144,7 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
                 background, pieces = render(split, image_rng(seed, split, i))
                 image, kept, mask = compose(background, pieces)
                 h, w = mask.shape
-                file_name = f"{split}_{i:05d}.png"
+                file_name = generated_image_name(split, i)
                 write_png(img_dir / file_name, image)
                 images.append({"id": next_id, "file_name": file_name, "height": h, "width": w})
                 if split == "train":
@@ -151,27 +153,27 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
                             patch_annotation(len(anns) + 1, next_id, p.category_id, p.mask, p.top, p.left, h, w)
                         )
                 else:
-                    write_png(truth_dir / f"{Path(file_name).stem}.png", mask)
+                    write_png(truth_files.mask(Path(file_name).stem), mask)
                 pixels[s] += np.bincount(mask.ravel(), minlength=k + 1)[: k + 1]
                 next_id += 1
             coco[split] = (images, anns)
         info = {"description": description, "zoo": name, "seed": seed}
         train_images, train_anns = coco["train"]
         _dump(
-            comp / "train.json",
+            comp.train_json,
             {"info": info, "images": train_images, "annotations": train_anns, "categories": categories},
         )
-        _dump(comp / "test.json", {"info": info, "images": coco["test"][0], "categories": categories})
+        _dump(comp.test_json, {"info": info, "images": coco["test"][0], "categories": categories})
         if single_class:
             rows = ["id,predicted"] + [f"{im['id']}," for im in coco["test"][0]]
         else:
             rows = ["id,class,predicted"] + [f"{im['id']},{c['name']}," for im in coco["test"][0] for c in categories]
-        (comp / "sample_submission.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        comp.sample_submission.write_text("\n".join(rows) + "\n", encoding="utf-8")
         truth_classes = [{"index": 0, "name": "background", "coco_id": None}] + [
             {"index": c["id"], "name": c["name"], "coco_id": c["id"]} for c in categories
         ]
-        _dump(truth_dir / "classes.json", truth_classes)
-        write_truth_record(truth_dir, comp / "test.json")  # the leaderboard scores only this competition against it
+        _dump(truth_files.classes_json, truth_classes)
+        write_truth_record(truth_files.root, comp.test_json)  # the leaderboard scores only this competition against it
     return {
         "train_images": n_train,
         "test_images": n_test,
