@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from pipeline.config import Augment, DataParams, ModelConfig
 from pipeline.data.dataset import MEAN, STD, SegDataset, build_transform, normalize
 from pipeline.errors import UserError
-from pipeline.labels import IGNORE_INDEX
 from pipeline.losses import WeightedLoss
 from pipeline.metrics import ConfusionMatrix, mean_iou
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
+from pipeline.plan.symmetry import SYMMETRY_COLUMN, chiral_reasons
 from pipeline.predict import autocast, iter_logits
 
 # What each kept candidate adds to recipe.augment (albumentations class names, as the recipe takes them).
@@ -131,52 +131,6 @@ def candidate_transforms(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The masks' own symmetry: free, and decisive where one class has a handedness (digits, letters, arrows)
-
-MIN_T, MIN_EFFECT, MIN_REGIONS = 4.0, 0.1, 8  # a class is chiral when its mean moment is both significant and large
-
-
-def shape_moments(masks: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
-    """Per foreground class, one row per (image, class) region: x skewness, y skewness and log(std_y / std_x).
-
-    A mirror image negates the x skewness, a vertical flip the y skewness, a quarter turn the log aspect. If the data
-    holds each orientation as often as its transform, the class means are 0 within their standard errors.
-    """
-    rows: dict[int, list[tuple[float, float, float]]] = {}
-    for m in masks:
-        for c in np.unique(m):
-            if c == 0 or c == IGNORE_INDEX:
-                continue
-            y, x = np.nonzero(m == c)
-            if len(x) < 16:
-                continue
-            sx, sy = x.std(), y.std()
-            if sx < 1 or sy < 1:
-                continue
-            skx = float(((x - x.mean()) ** 3).mean() / sx**3)
-            sky = float(((y - y.mean()) ** 3).mean() / sy**3)
-            rows.setdefault(int(c), []).append((skx, sky, float(np.log(sy / sx))))
-    return {c: np.array(r) for c, r in rows.items()}
-
-
-def chiral_classes(masks: Sequence[np.ndarray], column: int) -> list[tuple[int, float, float]]:
-    """Classes whose moment ``column`` of :func:`shape_moments` has a mean far from 0: (class, mean, t)."""
-    out = []
-    for c, r in sorted(shape_moments(masks).items()):
-        if len(r) < MIN_REGIONS:
-            continue
-        v = r[:, column]
-        mean, se = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) + 1e-12
-        if abs(mean) > MIN_EFFECT and abs(mean / se) > MIN_T:
-            out.append((c, mean, mean / se))
-    return out
-
-
-SYMMETRY_COLUMN = {"hflip": 0, "vflip": 1, "rot90": 2}
-MOMENT_NAME = {0: "x skewness", 1: "y skewness", 2: "log height/width"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The probe
 
 
@@ -237,22 +191,6 @@ def _score(
             cm.update(logits.argmax(1).cpu(), truth)
         scores.append(float(mean_iou(cm)))
     return min(scores)
-
-
-def _chiral_reasons(masks: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, str]:
-    """Candidate name -> why it is off, for each candidate some class of ``masks`` has a handedness under."""
-    chiral: dict[str, str] = {}
-    for name in names:
-        if name in SYMMETRY_COLUMN:
-            found = chiral_classes(masks, SYMMETRY_COLUMN[name])
-            if found:
-                c, mean, t = max(found, key=lambda f: abs(f[2]))
-                what = MOMENT_NAME[SYMMETRY_COLUMN[name]]
-                chiral[name] = (
-                    f"{name}: off (the training masks are not closed under it: class {c} has mean {what} "
-                    f"{mean:+.2f}, t = {t:+.1f}; {len(found)} such class(es))"
-                )
-    return chiral
 
 
 def _all_background_miou(val_ds: SegDataset, num_classes: int) -> float:
@@ -335,7 +273,7 @@ def choose_augmentations(  # noqa: PLR0913 - one fold's split plus five keyword-
         raise UserError("augment probe: the fold needs training and validation images")
     kept, reasons, augments = [], [], []
     # 1. the training masks' symmetry: a class with a handedness rules its transform out before any training
-    chiral = _chiral_reasons([train_ds.original_mask(i) for i in range(len(train_ds))], names)
+    chiral = chiral_reasons([train_ds.original_mask(i) for i in range(len(train_ds))], names)
     # 2. a short training without augmentation, scored on the validation images under each remaining transform
     model = _fit(bare, train_ds, num_classes, 0.75 * seconds, steps, dev)
     ident = [(_identity, _identity)]

@@ -2,7 +2,8 @@
 
 What nnU-Net calls the dataset fingerprint, for 2-D competition data: image size distribution, channels and bit
 depth, per-channel pixel statistics, class pixel shares and per-image presence, connected-component (object) sizes
-per class, and the number of images. Sizes, shares and presence come from the ``masks`` stage's outputs
+per class, the number of images, and whether the masks are closed under flips and quarter turns
+(:mod:`pipeline.plan.symmetry`). Sizes, shares and presence come from the ``masks`` stage's outputs
 (``work/train_index.csv``, ``work/mask_summary.json``, ``work/classes.json``); component sizes and pixel statistics
 from a seeded sample of ``plan.fingerprint_images`` masks and images (every one when there are fewer).
 
@@ -28,6 +29,7 @@ from pipeline.errors import UserError
 from pipeline.io import read_image, read_json, read_mask, safe_join
 from pipeline.labels import IGNORE_INDEX
 from pipeline.paths import Layout
+from pipeline.plan.symmetry import SYMMETRY_COLUMN, chiral_reasons
 
 # PIL modes -> (channels, bits per channel); anything else is read as 8-bit RGB by pipeline.io.read_image
 _MODES = {
@@ -101,6 +103,8 @@ class Fingerprint:
     classes: list[ClassStats]  # every class, background (index 0) first
     sample: int  # images and masks read for the pixel statistics and components
     read_seconds: float  # mean seconds to read one image and its mask (what preloading a fold costs)
+    # flip or quarter turn -> why the sampled masks are not closed under it (pipeline.plan.symmetry); absent: closed
+    handedness: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -215,6 +219,7 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
     mean, std, grey = channel_stats(pictures)
     del pictures
     areas = component_areas(masks, len(classes))
+    handedness = chiral_reasons(masks, list(SYMMETRY_COLUMN))
     stats = class_stats(classes, summary, areas)
 
     sizes = list(zip(index["height"].astype(int), index["width"].astype(int)))
@@ -245,4 +250,5 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
         classes=stats,
         sample=len(rows),
         read_seconds=read_seconds,
+        handedness=handedness,
     )

@@ -1,8 +1,9 @@
 """The machine the plan sizes the training for: device, memory, cores, and a measured training step.
 
-The step is measured, not estimated: the candidate model is built through the registry at the candidate input size
-and batch, fed real training images through the training transform and loader, and a few forward + backward +
-AdamW steps are timed (under the recipe's autocast: bf16 on CPU when ``cpu_bf16``), after two untimed warm-up steps
+The step is measured, not estimated: the candidate model and its optimiser are built by the training loop's own
+:func:`pipeline.training.setup.build_optimisation` at the candidate input size and batch, fed real training images
+through the training transform and loader, and a few of the loop's steps (forward, loss, :meth:`Optimisation.step`)
+are timed (under the recipe's autocast: bf16 on CPU when ``cpu_bf16``), after two untimed warm-up steps
 (the first steps allocate memory and pick kernels). Validation is timed the same way: forward passes of whole
 validation images through :func:`pipeline.predict.iter_logits`, what the training loop's ``evaluate`` runs.
 """
@@ -106,7 +107,45 @@ class OutOfMemory(Exception):
     """The candidate batch does not fit in device memory."""
 
 
-def measure_step(  # noqa: PLR0915 - the timed steps read in order: build, warm up, time train, time val
+def _probe_context(cfg: Any, model_name: str, num_classes: int, device: Any) -> Any:
+    """A single-process training :class:`~pipeline.training.context.Context` for the probe (it writes nothing: the
+    run id only names it in messages)."""
+    from pipeline.distributed import Dist
+    from pipeline.paths import Layout
+    from pipeline.training.context import Context, RunId
+
+    rec = cfg.recipe
+    return Context(
+        run=RunId(Layout(Path(".")), model_name, 0),
+        device=device,
+        ddp=Dist(),
+        amp=rec.amp,
+        cpu_bf16=rec.cpu_bf16,
+        channels_last=rec.channels_last,
+        batch_size=rec.batch_size,
+        classes=[{"name": str(i)} for i in range(num_classes)],
+        metric="miou",
+    )
+
+
+def _eval_seconds(cfg: Any, model: Any, images: Sequence[Path], ctx: Any, sync: Any) -> float:
+    """Seconds per image of a validation pass over ``images`` at their own size (after one untimed pass)."""
+    from pipeline.data.dataset import SegDataset, build_transform
+    from pipeline.predict import iter_logits
+
+    val_ds = SegDataset(list(images), None, build_transform(cfg, train=False))
+    for _ in range(2):  # the first pass allocates; the second is timed
+        sync()
+        t0 = time.perf_counter()
+        for _ in iter_logits(
+            model, val_ds, ctx.device, cfg.recipe.batch_size, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
+        ):
+            pass
+        sync()
+    return (time.perf_counter() - t0) / len(images)
+
+
+def measure_step(
     cfg: Any,
     model_name: str,
     num_classes: int,
@@ -118,8 +157,12 @@ def measure_step(  # noqa: PLR0915 - the timed steps read in order: build, warm 
 ) -> StepTiming:
     """Time ``steps`` training steps of ``cfg`` (a :class:`~pipeline.config.ModelConfig`) on real images.
 
-    ``images``/``masks`` are cycled to fill ``(2 + steps)`` batches; validation is timed on one batch of them at
-    their own size (the training loop validates whole images).
+    The steps are the training loop's own: the model, AdamW, schedule, scaler and loss from
+    :func:`pipeline.training.setup.build_optimisation`, the batch moved by :meth:`Context.inputs`, and
+    :meth:`Optimisation.step` (backward, clipping, optimiser, EMA) under the recipe's autocast. ``images``/``masks``
+    are cycled to fill ``(2 + steps)`` batches; validation is timed on one batch of them at their own size (the
+    training loop validates whole images). ``class_weights`` are the cross-entropy's (they change no cost; kept so
+    the probe builds the loss the run will).
 
     Raises:
         OutOfMemory: the batch does not fit on the CUDA device.
@@ -127,15 +170,15 @@ def measure_step(  # noqa: PLR0915 - the timed steps read in order: build, warm 
     import torch
     from torch.utils.data import DataLoader
 
-    from pipeline.data.dataset import SegDataset, build_transform, normalize
-    from pipeline.losses import WeightedLoss
-    from pipeline.models.optim import param_groups
-    from pipeline.models.registry import build_model
-    from pipeline.predict import autocast, iter_logits
+    from pipeline.data.dataset import SegDataset, build_transform
+    from pipeline.training.setup import build_optimisation
 
     t_probe = time.perf_counter()
+    if class_weights is not None:
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, class_weights=list(class_weights)))
     rec = cfg.recipe
     device = torch.device("cuda" if device_name == "cuda" and torch.cuda.is_available() else "cpu")
+    ctx = _probe_context(cfg, model_name, num_classes, device)
     need = rec.batch_size * (WARMUP_STEPS + steps)
     reps = -(-need // max(1, len(images)))
     train_ds = SegDataset(
@@ -148,48 +191,23 @@ def measure_step(  # noqa: PLR0915 - the timed steps read in order: build, warm 
             torch.cuda.synchronize()
 
     try:
-        torch.manual_seed(0)
         t0 = time.perf_counter()
-        model = build_model(cfg, num_classes).to(device)
-        if rec.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        opt = build_optimisation(cfg, ctx, steps_per_epoch=WARMUP_STEPS + steps)
         sync()
         build = time.perf_counter() - t0
-        optimizer = torch.optim.AdamW(param_groups(model, rec.lr, rec.weight_decay, rec.layer_decay), lr=rec.lr)
-        criterion = WeightedLoss(rec.loss, class_weights).to(device)
-        model.train()
+        opt.net.train()
         times = []
-        it = iter(loader)
-        for i in range(WARMUP_STEPS + steps):
+        for i, batch in enumerate(loader):
             sync()
             t0 = time.perf_counter()
-            batch = next(it)
-            x = normalize(batch["image"].to(device))
-            y = batch["mask"].to(device)
-            if rec.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, rec.amp, rec.cpu_bf16):
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if rec.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), rec.grad_clip)
-            optimizer.step()
+            opt.step(opt.loss(*ctx.inputs(batch), ctx.autocast), i)
             sync()
             if i >= WARMUP_STEPS:
                 times.append(time.perf_counter() - t0)
+        model = opt.eval_model
         model.eval()
         n_val = min(len(images), rec.batch_size)
-        val_ds = SegDataset(list(images)[:n_val], None, build_transform(cfg, train=False))
-        amp = lambda: autocast(device, rec.amp, rec.cpu_bf16)  # noqa: E731
-        for _ in iter_logits(model, val_ds, device, rec.batch_size, amp_ctx=amp, channels_last=rec.channels_last):
-            pass  # warm-up: the first eval pass allocates
-        sync()
-        t0 = time.perf_counter()
-        for _ in iter_logits(model, val_ds, device, rec.batch_size, amp_ctx=amp, channels_last=rec.channels_last):
-            pass
-        sync()
-        eval_image = (time.perf_counter() - t0) / n_val
+        eval_image = _eval_seconds(cfg, model, list(images)[:n_val], ctx, sync)
     except torch.cuda.OutOfMemoryError as e:
         raise OutOfMemory(str(e)) from None
     finally:

@@ -204,8 +204,9 @@ def choose_normalisation(fp: Fingerprint, pretrained: bool) -> Choice:
     )
 
 
-def choose_augment(fp: Fingerprint, probe: Mapping[str, float] | None) -> Choice:
-    augs, why = choose_augmentations(fp, probe)
+def choose_augment(fp: Fingerprint, input_size: Sequence[int], epochs: int) -> Choice:
+    """Flips and quarter turns the masks are closed under; scale and colour for long trainings (:mod:`.augment`)."""
+    augs, why = choose_augmentations(fp, input_size, epochs)
     return Choice("recipe.augment", augs, why)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,10 @@ def plan_choices(
     base_source: str,
     explicit: dict[str, Any],
     work_images: int,
-    probe: Mapping[str, float] | None,
     weights_dir: str,
 ) -> tuple[list[rules.Choice], rules.Geometry]:
-    """Every rule's choice for one candidate config (epochs apart), in the order they depend on each other."""
+    """Every rule's choice for one candidate config (epochs and augmentations apart: they need the measured step),
+    in the order they depend on each other."""
     geometry = rules.choose_geometry(fp, device, rules.fixed_size_multiple({**base, **explicit}))
     size = explicit.get("input_size", geometry.input_size)
     batch_choice = rules.choose_batch(size, device, work_images)
@@ -79,7 +78,6 @@ def plan_choices(
     choices = [*geometry.choices, batch_choice, rules.choose_lr(base_lr, batch, base_source)]
     choices += rules.choose_loss(fp, base.get("recipe", {}).get("loss", [{"name": "ce", "weight": 1.0}]))
     choices += rules.choose_sampling(fp, geometry, work_images, batch, recipe_keys())
-    choices.append(rules.choose_augment(fp, probe))
     arch = from_dict(ModelConfig, {**base, **{k: v for k, v in explicit.items() if "." not in k}}, base_source)
     if "pretrained" not in explicit:
         value, why = find_weights(arch, weights_dir)
@@ -182,7 +180,6 @@ def plan_model(
     params: Params,
     num_classes: int,
     seconds_for: Any,
-    probe: Mapping[str, float] | None,
 ) -> tuple[Sized, list[str]]:
     """Plan one entry of ``train.models``: try its candidates until one fits. Returns it and the candidates tried."""
     path = layout.model_config(name)
@@ -202,9 +199,7 @@ def plan_model(
         base_src = str(Layout().model_config(cand))
         if is_planned(base):
             raise UserError(f"plan candidate {cand!r}: {base_src} is a planned config, not a full one")
-        choices, geometry = plan_choices(
-            fp, machine.device, base, base_src, explicit, n_fit, probe, params.plan.weights_dir
-        )
+        choices, geometry = plan_choices(fp, machine.device, base, base_src, explicit, n_fit, params.plan.weights_dir)
         merged, records = merge_choices(base, choices, explicit, src)
         cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
         cfg, timing = timed(cfg, cand, num_classes, layout, params, machine.device)
@@ -227,6 +222,9 @@ def plan_model(
         )
         seconds = seconds_for(timing.probe_seconds)
         cfg, work, epochs, fits = size_epochs(cfg, work, costs, seconds, params, explicit, params.train.epochs, records)
+        merged, late = merge_choices(to_dict(cfg), [rules.choose_augment(fp, cfg.input_size, epochs)], explicit, src)
+        cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
+        records += late
         tried.append(cand)
         sized = Sized(cand, cfg, records, timing, work, costs, epochs, fits, geometry)
         if fits:
@@ -253,13 +251,8 @@ def disabled_plan(fp: Fingerprint, layout: Layout, params: Params) -> dict[str, 
     return {"enabled": False, "fingerprint": fp.to_dict(), "models": models, "infer": infer}
 
 
-def make_plan(
-    params: Params, layout: Layout, raw_params: dict[str, Any], probe: Mapping[str, float] | None = None
-) -> dict[str, Any]:
-    """The plan for ``params`` (``raw_params``: params.yaml as written, to tell explicit keys); writes plan.yaml.
-
-    ``probe``: measured augmentation gains for :func:`pipeline.plan.augment.choose_augmentations` (none yet).
-    """
+def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any]) -> dict[str, Any]:
+    """The plan for ``params`` (``raw_params``: params.yaml as written, to tell explicit keys); writes plan.yaml."""
     t_start = time.perf_counter()
     pp = params.plan
     fp = compute_fingerprint(params.data, layout, pp.fingerprint_images, pp.seed)
@@ -282,7 +275,7 @@ def make_plan(
             left = budget_s - spent - this_probe * (n_models - i)
             return max(0.0, left / (n_models - i))
 
-        sized, tried = plan_model(name, fp, machine, layout, params, num_classes, seconds_for, probe)
+        sized, tried = plan_model(name, fp, machine, layout, params, num_classes, seconds_for)
         sized_all.append(sized)
         models[name] = {
             "base": sized.name,

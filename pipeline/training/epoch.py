@@ -38,8 +38,7 @@ def train_one_epoch(
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.bars, mininterval=2.0, leave=False):
         x, y = ctx.inputs(batch)  # (B, 3, H, W) float32, (B, H, W) int64
         with guard.step(epoch):  # out of memory, a batch too small for BatchNorm: one line naming the fix
-            with ctx.autocast():
-                loss = opt.criterion(opt.net(x), y)
+            loss = opt.loss(x, y, ctx.autocast)
             # a NaN/inf loss or gradient norm: an error, or (recipe.skip_nonfinite) no update from this batch
             updated = opt.step(loss, state.step, guard.checker(epoch, state.step + 1, target=y))
         state.step += 1

