@@ -51,7 +51,7 @@ from pipeline.ensemble.members import (
 )
 from pipeline.ensemble.plan import Plan, plan_ensemble
 from pipeline.errors import run_cli
-from pipeline.io import write_json
+from pipeline.io import file_digest, write_json
 from pipeline.paths import Layout
 from pipeline.plan.apply import planned_params
 from pipeline.predict import iter_logits
@@ -195,6 +195,7 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "lb_miou": lb["mIoU"] if lb else "",
         "lb_score": lb["score"] if lb else "",
         "public_score": "",
+        "submission_sha256": file_digest(report["submission"]),  # the row's key with "file": a re-run replaces it
     }
 
 
