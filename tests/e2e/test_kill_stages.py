@@ -12,7 +12,6 @@ pseudo-labels and the submission byte for byte) and no killed run's temp file is
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import kill_9, started
 from PIL import Image
 
 from pipeline.io import load_torch, read_json
@@ -100,34 +100,21 @@ def run_stage(
     log.write_text("")
     err = log.with_suffix(".err")
     t0 = time.monotonic()
-    with open(err, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WATCHED, f"{hold[0]}|{hold[1]}", str(log), *args],
-            cwd=cwd,
-            env=p.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        try:
-            while proc.poll() is None:
-                if "HELD " in log.read_text():
-                    how = "held"
-                    break
-                if kill_after is not None and time.monotonic() - t0 >= kill_after:
-                    how = "timed"
-                    break
-                assert time.monotonic() - t0 < 300, f"{args} ran for 5 minutes"
-                time.sleep(0.005)
-            else:
-                assert proc.returncode == 0, err.read_text()
-                return Run(proc, log, "finished", time.monotonic() - t0)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    argv = [sys.executable, "-c", WATCHED, f"{hold[0]}|{hold[1]}", str(log), *args]
+    with open(err, "wb") as stderr, started(argv, cwd, p.env(), stdout=subprocess.DEVNULL, stderr=stderr) as proc:
+        while proc.poll() is None:
+            if "HELD " in log.read_text():
+                how = "held"
+                break
+            if kill_after is not None and time.monotonic() - t0 >= kill_after:
+                how = "timed"
+                break
+            assert time.monotonic() - t0 < 300, f"{args} ran for 5 minutes"
+            time.sleep(0.005)
+        else:
+            assert proc.returncode == 0, err.read_text()
+            return Run(proc, log, "finished", time.monotonic() - t0)
+        assert kill_9(proc) == -signal.SIGKILL
     return Run(proc, log, how, time.monotonic() - t0)
 
 
