@@ -8,7 +8,9 @@ Each is one line that names the model, fold, epoch (and step) and the fix, throu
   ``skipped_nonfinite_batches`` in the fold's metrics.json. An epoch whose every batch is skipped stops the run.
 - An epoch whose weights or validation score are not finite is never the best epoch, so best.pt never holds NaN.
 - Out of memory on a batch (``torch.cuda.OutOfMemoryError``, a ``RuntimeError`` that says "out of memory" or
-  "can't allocate memory", ``MemoryError``) names the batch size to set.
+  "can't allocate memory", ``MemoryError``) names the batch size to set: ``recipe.batch_size`` in training, its
+  validation and the best model's out-of-fold prediction; in inference (``infer``, ``pseudo``, their out-of-fold
+  choices), :func:`inference_memory`: ``infer.batch_size``, or ``infer.tile_batch`` through the sliding window.
 - Validation predictions of a single class while the truth has more: a warning and ``collapsed: true``.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.config import Recipe
+from pipeline.config import InferParams, Recipe
 from pipeline.errors import UserError
 from pipeline.labels import IGNORE_INDEX
 
@@ -81,9 +83,10 @@ class StepGuard:
         self.warned = 0
 
     @contextlib.contextmanager
-    def step(self, epoch: int, what: str = "") -> Iterator[None]:
-        """Around a training step (or a validation pass: ``what="validation"``): out of memory and a batch too small
-        for pooled BatchNorm become one-line errors naming the fix. ``epoch`` counts from 1."""
+    def step(self, epoch: int | None, what: str = "") -> Iterator[None]:
+        """Around a training step (or a validation pass: ``what="validation"``; or, ``epoch`` None, a pass after the
+        last epoch such as the best model's out-of-fold prediction): out of memory and a batch too small for pooled
+        BatchNorm become one-line errors naming the fix. ``epoch`` counts from 1."""
         try:
             yield
         except ValueError as e:
@@ -99,9 +102,9 @@ class StepGuard:
                 raise
             raise UserError(self.out_of_memory(epoch, what)) from None
 
-    def out_of_memory(self, epoch: int, what: str = "") -> str:
+    def out_of_memory(self, epoch: int | None, what: str = "") -> str:
         bs = self.recipe.batch_size
-        at = f"epoch {epoch}" + (f", {what}" if what else "")
+        at = ", ".join(([f"epoch {epoch}"] if epoch is not None else []) + ([what] if what else []))
         if bs > 1:
             return (
                 f"{self.where}: out of memory at batch_size {bs} ({at}); set recipe.batch_size to {bs // 2} in "
@@ -183,6 +186,52 @@ class StepGuard:
             f"{self.where}: no epoch ended with finite weights and a finite validation score, so there is no best.pt; "
             f"lower recipe.lr (now {self.recipe.lr:g}) in {self.config_path}"
         )
+
+
+@contextlib.contextmanager
+def inference_memory(p: InferParams, tile: tuple[int, int] | None, what: str) -> Iterator[None]:
+    """Around an inference pass of ``infer`` or ``pseudo`` (``what`` says which, e.g. "infer: predicting the test
+    images"): out of memory becomes one line naming the ``infer`` key to lower, its value and half of it.
+
+    Whole images go through the model ``infer.batch_size`` at a time; through the sliding window (``tile``, (H, W),
+    not None) one image at a time, cut into tiles that go ``infer.tile_batch`` at a time.
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise UserError(inference_out_of_memory(p, tile, what)) from None
+
+
+def inference_out_of_memory(p: InferParams, tile: tuple[int, int] | None, what: str) -> str:
+    """The message of :func:`inference_memory`.
+
+    >>> inference_out_of_memory(InferParams(batch_size=8), None, "infer")
+    'infer: out of memory at infer.batch_size 8; set infer.batch_size to 4'
+    >>> inference_out_of_memory(InferParams(tile_batch=16), (64, 84), "pseudo")
+    'pseudo: out of memory through the sliding window at infer.tile_batch 16; set infer.tile_batch to 8'
+    """
+    # TTA copies of one size go through the model as one batch: not batching them is the next step down
+    tta = ", or infer.batched_tta: false" if p.batched_tta else ""
+    if tile is None:
+        bs = p.batch_size
+        if bs > 1:
+            return f"{what}: out of memory at infer.batch_size {bs}; set infer.batch_size to {bs // 2}"
+        return (
+            f"{what}: out of memory at infer.batch_size 1; set infer.sliding: true to predict in tiles{tta}, or run "
+            "on a device with more memory"
+        )
+    tb = p.tile_batch
+    if tb > 1:
+        return (
+            f"{what}: out of memory through the sliding window at infer.tile_batch {tb}; set infer.tile_batch to "
+            f"{tb // 2}"
+        )
+    return (
+        f"{what}: out of memory through the sliding window at infer.tile_batch 1; set a smaller infer.tile (now "
+        f"{list(tile)}){tta}, or run on a device with more memory"
+    )
 
 
 def fold_health(

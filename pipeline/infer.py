@@ -51,7 +51,7 @@ from pipeline.ensemble.members import (
 )
 from pipeline.ensemble.plan import Plan, plan_ensemble
 from pipeline.errors import run_cli
-from pipeline.io import write_json
+from pipeline.io import file_digest, write_json
 from pipeline.paths import Layout
 from pipeline.plan.apply import planned_params
 from pipeline.predict import iter_logits
@@ -160,16 +160,18 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
     ds = SegDataset(tests.paths, None, None, preload=False)
     overlay_n = p.overlays if overlays is None else overlays
     layout.overlays_dir.mkdir(parents=True, exist_ok=True)  # an output of the infer stage: there even with no overlays
-    bar = tqdm(total=len(ds), desc="infer", unit="img", mininterval=1.0)
     forward = windowed(ensemble, p, rt.tile)
-    for idx, logp in iter_logits(forward, ds, rt.device, rt.batch, sizes=lambda i: tests.sizes[i], amp_ctx=rt.amp_ctx):
-        pred = logp.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) class indices at original size
-        for j, i in enumerate(idx.tolist()):
-            writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), pred[j])
-            if i < overlay_n:
-                _write_overlay(layout.overlay_path(Path(tests.file_names[i]).stem), tests.paths[i], pred[j])
-        bar.update(len(idx))
-    bar.close()
+    batches = iter_logits(forward, ds, rt.device, rt.batch, sizes=lambda i: tests.sizes[i], amp_ctx=rt.amp_ctx)
+    bar = tqdm(total=len(ds), desc="infer", unit="img", mininterval=1.0)
+    # out of memory: one line naming the infer key to lower, below the bar (closed first, on the way out)
+    with rt.memory("infer: predicting the test images"), bar:
+        for idx, logp in batches:
+            pred = logp.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) class indices at original size
+            for j, i in enumerate(idx.tolist()):
+                writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), pred[j])
+                if i < overlay_n:
+                    _write_overlay(layout.overlay_path(Path(tests.file_names[i]).stem), tests.paths[i], pred[j])
+            bar.update(len(idx))
     writer.finalize(out)
     return len(ds)
 
@@ -193,6 +195,7 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "lb_miou": lb["mIoU"] if lb else "",
         "lb_score": lb["score"] if lb else "",
         "public_score": "",
+        "submission_sha256": file_digest(report["submission"]),  # the row's key with "file": a re-run replaces it
     }
 
 

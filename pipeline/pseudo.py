@@ -97,23 +97,20 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
         rows, per_class_conf, per_class_all = [], np.zeros(len(classes)), np.zeros(len(classes))
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
             files = PseudoSetFiles(d)  # the set's temporary folder until the block ends
-            for idx, logp in tqdm(
-                iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx),
-                desc=f"pseudo set {s}",
-                unit="batch",
-                mininterval=1.0,
-            ):
-                probs = logp.softmax(1).cpu().numpy()
-                for j, i in enumerate(idx.tolist()):
-                    mask, conf = confident_mask(probs[j], p.threshold)
-                    pred = probs[j].argmax(0)
-                    per_class_all += np.bincount(pred.ravel(), minlength=len(classes))
-                    per_class_conf += np.bincount(pred[conf].ravel(), minlength=len(classes))
-                    share = float(conf.mean())
-                    if share < p.min_confident:
-                        continue
-                    write_png(files.mask(tests.ids[i]), mask)
-                    rows.append([tests.ids[i], tests.file_names[i], files.mask_name(tests.ids[i]), round(share, 4)])
+            batches = iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx)
+            with rt.memory(f"pseudo set {s}: labelling the test images"):  # out of memory: the infer key to lower
+                for idx, logp in tqdm(batches, desc=f"pseudo set {s}", unit="batch", mininterval=1.0):
+                    probs = logp.softmax(1).cpu().numpy()
+                    for j, i in enumerate(idx.tolist()):
+                        mask, conf = confident_mask(probs[j], p.threshold)
+                        pred = probs[j].argmax(0)
+                        per_class_all += np.bincount(pred.ravel(), minlength=len(classes))
+                        per_class_conf += np.bincount(pred[conf].ravel(), minlength=len(classes))
+                        share = float(conf.mean())
+                        if share < p.min_confident:
+                            continue
+                        write_png(files.mask(tests.ids[i]), mask)
+                        rows.append([tests.ids[i], tests.file_names[i], files.mask_name(tests.ids[i]), round(share, 4)])
             write_csv(files.index_csv, PSEUDO_INDEX_COLUMNS, rows)
             summary = {
                 "set": str(s),

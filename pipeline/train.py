@@ -157,7 +157,8 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         raise guard.no_best()
 
     ctx.ddp.barrier()
-    result = finish_fold(loaders.val, split.val_ids, cfg, state.history, ctx) if ctx.ddp.main else {}
+    with guard.step(None, "out-of-fold prediction with best.pt"):  # out of memory: recipe.batch_size, as in training
+        result = finish_fold(loaders.val, split.val_ids, cfg, state.history, ctx) if ctx.ddp.main else {}
     ctx.ddp.barrier()
     return result
 

@@ -1,4 +1,5 @@
-"""Shared test utilities: write small COCO competitions, and the pycocotools reference masks to compare against.
+"""Shared test utilities: write small COCO competitions, the pycocotools reference masks to compare against, and
+processes to kill mid-run.
 
 The reference never goes through ``pipeline``: it is ``pycocotools.coco.COCO(json).annToMask(ann)`` painted in the
 documented order (larger objects first, ties by annotation id; or smaller first; or file order), crowd regions as
@@ -10,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Sequence
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +215,52 @@ def reference_masks(json_path: Path, overlap: str = "larger_first", crowd: str =
 def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processes killed mid-run (kill -9 tests; Linux: /proc)
+
+
+@contextlib.contextmanager
+def started(
+    args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, **popen: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``subprocess.Popen(args)`` in a session (process group) of its own, for :func:`kill_9`. On the way out what
+    is left of the group (the process, a worker that outlived it) is SIGKILLed and the process reaped, so a test
+    that fails half-way leaves nothing running."""
+    env = dict(env) if env is not None else None
+    proc = subprocess.Popen(list(args), cwd=cwd, env=env, start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # ProcessLookupError: nothing left
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def kill_9(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGKILL the process alone (not its group: its workers must go by themselves, which the tests check) and wait
+    for it; return its exit status: ``-signal.SIGKILL``, or its own where it ended first."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout=timeout)
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (every thread's), now."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by init, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -6,6 +6,7 @@ Shared by ``infer`` and ``pseudo`` (so the pseudo stages depend on no submission
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 from pipeline.config import InferParams, ModelConfig, TtaConfig, from_dict
 from pipeline.ensemble.fit import EPS
 from pipeline.errors import UserError
+from pipeline.faults import inference_memory
 from pipeline.io import load_torch
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
@@ -209,3 +211,8 @@ class Runtime:
     @property
     def batch(self) -> int:
         return image_batch(self.p, self.tile)
+
+    def memory(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """Around a pass of these forwards (``what`` names it): out of memory becomes one line naming the key to
+        lower: ``infer.batch_size``, or ``infer.tile_batch`` through the sliding window (:mod:`pipeline.faults`)."""
+        return inference_memory(self.p, self.tile, what)

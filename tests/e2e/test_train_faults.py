@@ -134,9 +134,12 @@ def oom_hook(error: BaseException, when: Callable[[torch.nn.Module], bool]) -> C
     return hook
 
 
-def with_hook(monkeypatch: pytest.MonkeyPatch, attach: Callable[[torch.nn.Module], Any]) -> None:
+def with_hook(
+    monkeypatch: pytest.MonkeyPatch, attach: Callable[[torch.nn.Module], Any], modules: tuple[Any, ...] = ()
+) -> None:
     """Every model train_fold builds gets the hook (the real tiny model, the real loop): the one it trains
-    (pipeline/training/setup.py) and the best one it reloads for the out-of-fold predictions (finish.py)."""
+    (pipeline/training/setup.py) and the best one it reloads for the out-of-fold predictions (finish.py), or those
+    that ``modules`` build."""
     real = training_setup.build_model
 
     def build(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
@@ -144,7 +147,7 @@ def with_hook(monkeypatch: pytest.MonkeyPatch, attach: Callable[[torch.nn.Module
         attach(model)
         return model
 
-    for module in (training_setup, training_finish):
+    for module in modules or (training_setup, training_finish):
         monkeypatch.setattr(module, "build_model", build)
 
 
@@ -161,6 +164,12 @@ CPU_OOM = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't alloca
         ),
         pytest.param(RuntimeError(CPU_OOM), "backward", r"\(epoch 1\); set recipe\.batch_size to 4", id="cpu-backward"),
         pytest.param(MemoryError(), "validation", r"\(epoch 1, validation\); set recipe\.batch_size to 4", id="val"),
+        pytest.param(  # after the last epoch: the best model reloaded for the out-of-fold predictions
+            torch.cuda.OutOfMemoryError(CUDA_OOM),
+            "oof",
+            r"\(out-of-fold prediction with best\.pt\); set recipe\.batch_size to 4",
+            id="oof",
+        ),
     ],
 )
 def test_out_of_memory_names_the_batch_size_to_set(
@@ -172,12 +181,15 @@ def test_out_of_memory_names_the_batch_size_to_set(
     else:
         training = phase == "forward"
         attach = lambda m: m.register_forward_hook(oom_hook(error, lambda mod: mod.training == training))  # noqa: E731
-    with_hook(monkeypatch, attach)
+    with_hook(monkeypatch, attach, (training_finish,) if phase == "oof" else ())
     with pytest.raises(UserError) as e:
         run(p, recipe(p, epochs=1), name)
     msg = str(e.value)
     assert re.fullmatch(rf"{name} fold 0: out of memory at batch_size 8 {expected}.* in \S*{name}\.yaml", msg), msg
     assert "\n" not in msg
+    if phase == "oof":  # the epoch is kept; the fold is not finished, so a re-run resumes to finish it
+        out = p.layout.model_dir(name, 0)
+        assert (out / "best.pt").is_file() and not (out / "metrics.json").exists() and not (out / "oof.npz").exists()
 
 
 def test_other_runtime_errors_keep_their_traceback(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:

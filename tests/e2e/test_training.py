@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import kill_9, started
 
 from pipeline.config import ModelConfig, to_dict
 from pipeline.errors import UserError
@@ -151,28 +151,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(trained: Project, tmp
     spe = steps_per_epoch(p, fold)
     last = p.layout.checkpoint(name, fold, which="last")
     out_file = tmp_path / "killed.log"
-    with open(out_file, "w") as out:
-        # held at the 2nd loss call of epoch 2: epoch 1 is checkpointed, epoch 2 has taken one optimizer step
-        proc = subprocess.Popen(
-            [sys.executable, "-c", PAUSED_TRAIN, str(spe + 2), "--model", name, "--fold", str(fold)],
-            cwd=p.root,
-            env=p.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 240
-            while not (last.is_file() and torch.load(last, weights_only=True)["epoch"] == 1):
-                assert proc.poll() is None, f"training exited early ({proc.returncode}): {out_file.read_text()}"
-                assert time.monotonic() < deadline, "no epoch-1 checkpoint within 240 s"
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # held at the 2nd loss call of epoch 2: epoch 1 is checkpointed, epoch 2 has taken one optimizer step
+    argv = [sys.executable, "-c", PAUSED_TRAIN, str(spe + 2), "--model", name, "--fold", str(fold)]
+    with open(out_file, "w") as out, started(argv, p.root, p.env(), stdout=out, stderr=subprocess.STDOUT) as proc:
+        deadline = time.monotonic() + 240
+        while not (last.is_file() and torch.load(last, weights_only=True)["epoch"] == 1):
+            assert proc.poll() is None, f"training exited early ({proc.returncode}): {out_file.read_text()}"
+            assert time.monotonic() < deadline, "no epoch-1 checkpoint within 240 s"
+            time.sleep(0.05)
+        assert kill_9(proc) == -signal.SIGKILL
     killed = torch.load(last, weights_only=True)
     assert killed["epoch"] == 1 and killed["step"] == spe
     assert len(read_log(p, name, fold)) == 1

@@ -4,6 +4,7 @@ outputs that the folds stage would take for a good one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, write_competition
+from helpers import REPO, alive, children, kill_9, started, write_competition
 
 from pipeline.data.folds import check_masks_outputs
 from pipeline.errors import UserError
@@ -44,30 +45,15 @@ def big_competition(root: Path) -> None:
     write_competition(root, images, anns, cats)
 
 
-def start(cwd: Path) -> subprocess.Popen[bytes]:
+def start(cwd: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """The masks stage, running in ``cwd`` until the block ends (then whatever is left of it is killed)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "stages.masks"], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    args = [sys.executable, "-m", "stages.masks"]
+    return started(args, cwd, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, killed but not yet reaped by init, is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+def finish(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode() if proc.stderr else ""
 
 
 def outputs(cwd: Path) -> dict[str, bytes]:
@@ -93,8 +79,8 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_outputs(tmp
         (d / "params.yaml").write_text(params)
 
     t0 = time.monotonic()
-    proc = start(ref_dir)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    with start(ref_dir) as proc:
+        finish(proc)
     duration = time.monotonic() - t0
     reference = outputs(ref_dir)
     assert len([k for k in reference if k.startswith("masks/")]) == N_IMAGES
@@ -102,23 +88,24 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_outputs(tmp
     rng = np.random.default_rng(19)
     kills = 0
     for fraction in rng.uniform(0.35, 1.0, 5):
-        proc = start(run_dir)
-        deadline = time.monotonic() + fraction * duration
-        workers: set[int] = set()
-        while time.monotonic() < deadline and proc.poll() is None:
-            workers |= set(children(proc.pid))  # gathered until the kill (they exist only mid-run)
-            time.sleep(0.02)
-        if proc.poll() is not None:  # finished before the kill: a complete run, which must be the reference
-            assert outputs(run_dir) == reference
-            continue
-        workers |= set(children(proc.pid))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        kills += 1
-        end = time.monotonic() + 10
-        while any(alive(w) for w in workers) and time.monotonic() < end:
-            time.sleep(0.05)
-        assert not [w for w in workers if alive(w)], "masks workers outlived the killed stage"
+        with start(run_dir) as proc:
+            deadline = time.monotonic() + fraction * duration
+            workers: set[int] = set()
+            while time.monotonic() < deadline and proc.poll() is None:
+                workers |= set(children(proc.pid))  # gathered until the kill (they exist only mid-run)
+                time.sleep(0.02)
+            if proc.poll() is not None:  # finished before the kill: a complete run, which must be the reference
+                assert outputs(run_dir) == reference
+                continue
+            workers |= set(children(proc.pid))
+            if kill_9(proc, timeout=30) != -signal.SIGKILL:  # it ended in between: a complete run, as above
+                assert outputs(run_dir) == reference
+                continue
+            kills += 1
+            end = time.monotonic() + 10
+            while any(alive(w) for w in workers) and time.monotonic() < end:
+                time.sleep(0.05)
+            assert not [w for w in workers if alive(w)], "masks workers outlived the killed stage"
         # What a kill leaves is either refused by the folds stage, or (no summary yet, or the whole set) usable.
         layout = Layout(run_dir)
         try:
@@ -130,8 +117,8 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_outputs(tmp
                 assert outputs(run_dir) == reference
     assert kills >= 3, f"only {kills} runs were killed mid-way (runs of {duration:.1f} s)"
 
-    proc = start(run_dir)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    with start(run_dir) as proc:
+        finish(proc)
     assert outputs(run_dir) == reference  # bit-identical
     assert leftovers(run_dir) == []  # no .masks.*.tmp, no .train_index.csv.*.tmp
     check_masks_outputs(Layout(run_dir))

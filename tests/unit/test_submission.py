@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,10 @@ import pytest
 from PIL import Image
 
 from pipeline import rle
+from pipeline.config import Params, TtaConfig
+from pipeline.ensemble.plan import Plan
 from pipeline.errors import UserError
+from pipeline.infer import ledger_row
 from pipeline.submission.cli import main
 from pipeline.submission.coco_results import to_coco_results
 from pipeline.submission.codec import read_submission_csv
@@ -469,8 +473,8 @@ def test_ledger_creates_then_appends(tmp_path: Path) -> None:
     append_ledger(ledger, {"file": "b.csv", "git_commit": "abc123", "lb_miou": np.float32(0.5)})
     rows = _read_ledger(ledger)
     assert rows[0] == LEDGER_COLUMNS
-    # the last four: metric, oof_in_sample, oof_cross_fitted, fallback
-    assert rows[1] == ["a.csv", "t1", "", '["unet","fpn"]', "[0,1]", "True", '{"unet":0.5}', "0.71", "", ""] + [""] * 5
+    # the last six: metric, oof_in_sample, oof_cross_fitted, fallback, lb_score, submission_sha256
+    assert rows[1] == ["a.csv", "t1", "", '["unet","fpn"]', "[0,1]", "True", '{"unet":0.5}', "0.71", "", ""] + [""] * 6
     assert rows[2][0] == "b.csv" and rows[2][2] == "abc123" and rows[2][8] == "0.5" and rows[2][9] == ""
     assert rows[2][1].endswith("+00:00")  # time defaults to now, UTC
     assert [p.name for p in ledger.parent.iterdir()] == ["ledger.csv"]
@@ -493,3 +497,50 @@ def test_ledger_keeps_earlier_rows_verbatim(tmp_path: Path) -> None:
     append_ledger(ledger, {"file": "next.csv", "time": "t"})
     assert _read_ledger(ledger)[1][0] == 'odd, "name".csv'
     assert len(_read_ledger(ledger)) == 3
+
+
+def test_a_rerun_of_the_same_submission_replaces_its_row(tmp_path: Path) -> None:
+    """infer adds its ledger row, then the stage writes metrics/infer.json: a kill between the two leaves the row,
+    and the re-run (which writes the same submission again) must not add a second. The rows are infer's own
+    (:func:`pipeline.infer.ledger_row`, the submission's sha256 from the file written); a public score pasted into
+    the row stays; another submission written to the same path is a row of its own."""
+    ledger, sub = tmp_path / "submissions" / "ledger.csv", tmp_path / "submission.csv"
+    report = {"models": ["tiny"], "members": [{"model": "tiny", "fold": 0, "round": 1}], "submission": str(sub)}
+    plan = Plan({"tiny": TtaConfig(flips=["hflip"], scales=[1.0])}, {}, [1.0], {}, [])
+    masks = {str(i): np.random.default_rng(i).integers(0, 3, (6, 7)).astype(np.uint8) for i in range(3)}
+
+    def infer_run(flip: bool = False) -> None:
+        """The end of one infer run: the submission, the ledger row (killed here: no metrics/infer.json)."""
+        write_submission(((k, 2 - m if flip else m) for k, m in masks.items()), CLASSES, sub)
+        append_ledger(ledger, ledger_row(report, Params(), plan, None))
+
+    infer_run()  # killed before metrics/infer.json
+    infer_run()  # the re-run
+    rows = _read_ledger(ledger)
+    assert len(rows) == 2, rows  # the header and one row
+    key = LEDGER_COLUMNS.index("submission_sha256")
+    assert rows[1][key] == hashlib.sha256(sub.read_bytes()).hexdigest() and rows[1][0] == str(sub)
+    assert rows[1][LEDGER_COLUMNS.index("tta")] == "tiny: hflip"
+
+    score = LEDGER_COLUMNS.index("public_score")
+    rows[1][score] = "0.812"  # pasted after the upload
+    with open(ledger, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+    infer_run()
+    assert [r[score] for r in _read_ledger(ledger)[1:]] == ["0.812"]
+
+    infer_run(flip=True)  # other predictions, the same file name: another submission
+    rows = _read_ledger(ledger)
+    assert len(rows) == 3 and rows[1][score] == "0.812" and rows[2][score] == "" and rows[1][key] != rows[2][key]
+
+
+def test_a_ledger_from_before_the_last_columns_gets_them(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.csv"
+    old = LEDGER_COLUMNS[: LEDGER_COLUMNS.index("submission_sha256")]
+    with open(ledger, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([old, ["a.csv", "t"] + [""] * (len(old) - 3) + ["0.5"]])
+    append_ledger(ledger, {"file": "a.csv", "time": "t2", "submission_sha256": "ab" * 32})
+    rows = _read_ledger(ledger)
+    assert rows[0] == LEDGER_COLUMNS and len(rows) == 3  # the old row had no digest: never the same submission
+    assert rows[1] == ["a.csv", "t"] + [""] * (len(old) - 3) + ["0.5", ""]
+    assert rows[2][0] == "a.csv" and rows[2][-1] == "ab" * 32
