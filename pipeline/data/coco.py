@@ -346,18 +346,44 @@ def rle_string_counts(counts: str) -> list[int] | None:
     return None if more else runs
 
 
+def compressed_runs(counts: bytes | str) -> tuple[np.ndarray, np.ndarray]:
+    """0-based column-major ``(starts, lengths)`` of the foreground runs of a valid compressed COCO RLE string.
+
+    The format of :func:`rle_string_counts`, decoded with numpy in one pass instead of a loop per character. The
+    string must be valid (:func:`check_segmentation` or pycocotools made it); counts alternate background,
+    foreground, ..., background first.
+    """
+    c = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, np.uint8).astype(np.int64) - 48
+    ends = np.flatnonzero((c & 0x20) == 0)  # the last group of each count
+    firsts = np.concatenate(([0], ends[:-1] + 1))
+    groups = ends - firsts + 1
+    count = np.repeat(np.arange(ends.size), groups)
+    shift = 5 * (np.arange(c.size) - firsts[count])
+    # at most 7 groups of 5 bits: the float64 sums of bincount are exact
+    x = np.bincount(count, weights=(c & 0x1F) << shift, minlength=ends.size).astype(np.int64)
+    x -= np.where(c[ends] & 0x10, 1 << (5 * groups), 0)  # negative values: sign-extend their top group
+    x[1::2] = np.cumsum(x[1::2])  # from the fourth count on, a difference to the count two places back
+    x[2::2] = np.cumsum(x[2::2])
+    lengths = x[1 : 2 * (x.size // 2) : 2]
+    starts = np.cumsum(x)[1 : 2 * (x.size // 2) : 2] - lengths
+    keep = lengths > 0
+    return starts[keep], lengths[keep]
+
+
+def ann_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
+    """The compressed RLE (``counts`` as bytes) of one segmentation, as pycocotools' ``annToRLE`` makes it: polygons
+    merged, uncompressed RLE through ``frPyObjects``, compressed RLE as it is."""
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg["counts"], list):
+        return mask_utils.frPyObjects(seg, height, width)
+    counts = seg["counts"]
+    return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def ann_to_mask(seg: Any, height: int, width: int) -> np.ndarray:
     """Decode one segmentation to a (H, W) uint8 0/1 mask, the way pycocotools' ``annToMask`` does."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = {
-            "size": seg["size"],
-            "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"],
-        }
-    return mask_utils.decode(rle)
+    return mask_utils.decode(ann_to_rle(seg, height, width))
 
 
 OverlapOrder = Literal["larger_first", "smaller_first", "annotation_order"]
@@ -367,17 +393,38 @@ CrowdMode = Literal["class", "ignore"]
 def paint_mask(
     image: CocoImage, categories: list[Category], overlap: OverlapOrder = "larger_first", crowd: CrowdMode = "class"
 ) -> np.ndarray:
-    """The (H, W) uint8 class mask of one image: 0 background, 1..K categories, 255 ignored crowd regions."""
+    """The (H, W) uint8 class mask of one image: 0 background, 1..K categories, 255 ignored crowd regions.
+
+    The same mask as decoding every annotation with ``annToMask`` and painting them in order, without decoding any
+    to a full image: sizes come from the RLEs (``mask.area``), and each object's runs are painted on a column-major
+    canvas, touching only the columns it spans (an image of 600 small objects was 600 full-size decodes).
+    """
     index = {c.coco_id: c.index for c in categories}
-    decoded = [(ann, ann_to_mask(ann["segmentation"], image.height, image.width)) for ann in image.annotations]
-    if overlap != "annotation_order":
+    anns = image.annotations
+    rles = [ann_to_rle(ann["segmentation"], image.height, image.width) for ann in anns]
+    order = list(range(len(anns)))
+    if overlap != "annotation_order" and rles:
         sign = -1 if overlap == "larger_first" else 1
-        decoded.sort(key=lambda am: (sign * int(am[1].sum()), am[0].get("id", 0)))
-    mask = np.zeros((image.height, image.width), np.uint8)
-    for ann, m in decoded:
-        value = IGNORE_INDEX if (ann.get("iscrowd") and crowd == "ignore") else index[ann["category_id"]]
-        mask[m.astype(bool)] = value
-    return mask
+        areas = [int(mask_utils.area(rle)) for rle in rles]  # one at a time: area() of 256+ RLEs overflows a uint8
+        order.sort(key=lambda i: (sign * areas[i], anns[i].get("id", 0)))
+    canvas = np.zeros((image.width, image.height), np.uint8)  # canvas[x, y]: flat in COCO's column-major order
+    flat = canvas.reshape(-1)
+    for i in order:
+        value = IGNORE_INDEX if (anns[i].get("iscrowd") and crowd == "ignore") else index[anns[i]["category_id"]]
+        _paint_runs(flat, *compressed_runs(rles[i]["counts"]), value)
+    return np.ascontiguousarray(canvas.T)
+
+
+def _paint_runs(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: int) -> None:
+    """Set the runs' pixels of ``flat`` to ``value``, writing only from the first run's start to the last run's end."""
+    if not starts.size:
+        return
+    lo, hi = int(starts[0]), int(starts[-1] + lengths[-1])
+    counts = np.empty(2 * starts.size - 1, np.int64)  # run, gap, run, ..., run
+    counts[0::2] = lengths
+    counts[1::2] = starts[1:] - starts[:-1] - lengths[:-1]
+    inside = np.repeat(np.arange(counts.size) % 2 == 0, counts)
+    np.copyto(flat[lo:hi], value, where=inside)
 
 
 def check_image_file(images_root: Path, image: CocoImage, json_path: Path) -> Path:

@@ -221,7 +221,8 @@ def decode_frame(
     label_to_index: Mapping[str, int],
     where: str = "submission",
 ) -> dict[str, np.ndarray]:
-    """``{image id: (H, W) uint8 class mask}`` of every image in ``shapes`` from the rows of ``df``.
+    """``{image id: (H, W) uint8 class mask}`` of every image in ``shapes`` from the rows of ``df`` (Fortran-ordered
+    for column-major RLE, as :func:`pipeline.rle.decode_runs` writes them; ``np.ascontiguousarray`` for C order).
 
     The rows should have passed :func:`pipeline.submission.validate.validate_submission`; a row that still cannot be
     decoded raises :class:`UserError` naming ``where`` and its line. Images without rows are all background; rows of
@@ -274,8 +275,10 @@ def decode_frame(
         if image in dense:
             masks[image] = dense[image]
             continue
-        mask = np.zeros((height, width), np.uint8)
+        # the canvas in the runs' pixel order (Fortran order for column-major RLE), the layout decode_runs returns:
+        # painting across layouts costs a transpose per class
+        mask = np.zeros((height, width), np.uint8, order="F" if fmt.rle.order == "column" else "C")
         for index, (starts, lengths) in sorted(painted.get(image, []), key=lambda t: t[0]):
-            mask[rle.decode_runs(starts, lengths, (height, width), fmt.rle.order)] = index
+            np.copyto(mask, index, where=rle.decode_runs(starts, lengths, (height, width), fmt.rle.order))
         masks[image] = mask
     return masks

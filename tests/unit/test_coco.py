@@ -31,7 +31,14 @@ from helpers import (
 from PIL import Image
 
 from pipeline.config import DataParams, MasksParams
-from pipeline.data.coco import ann_to_mask, check_segmentation, load_coco, paint_mask, rle_string_counts
+from pipeline.data.coco import (
+    ann_to_mask,
+    check_segmentation,
+    compressed_runs,
+    load_coco,
+    paint_mask,
+    rle_string_counts,
+)
 from pipeline.data.masks import build_masks
 from pipeline.errors import UserError
 from pipeline.paths import Layout
@@ -189,6 +196,36 @@ def test_rle_string_counts_reads_pycocotools_strings() -> None:
     assert rle_string_counts("0") == [0]
     for bad in ("\x7f", "0" + "h" * 8, "h", "é"):
         assert rle_string_counts(bad) is None, bad
+
+
+def test_compressed_runs_are_the_foreground_runs_of_pycocotools_strings() -> None:
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((int(h), int(w))) < rng.random()) for h, w in rng.integers(1, 40, (50, 2))]
+    long = np.zeros((3000, 2000), bool)  # counts of several 5-bit groups, and negative differences
+    long[:, 700:1900], long[5, 0], long[2999, 1999] = True, True, True
+    for m in [*masks, long, np.ones((3, 4), bool), np.zeros((3, 4), bool)]:
+        starts, lengths = compressed_runs(compressed_rle(m.astype(np.uint8))["counts"])
+        flat = m.ravel(order="F")
+        change = np.flatnonzero(np.diff(np.concatenate(([0], flat.view(np.int8), [0]))))
+        assert (starts.tolist(), lengths.tolist()) == (change[0::2].tolist(), np.diff(change)[0::2].tolist())
+
+
+def test_paint_mask_of_hundreds_of_overlapping_objects_matches_reference(tmp_path: Path) -> None:
+    # more than 255 objects in one image: pycocotools' area() of a list that long overflows, so it is called per RLE
+    rng = np.random.default_rng(2)
+    images = [{"id": 1, "file_name": "x.png", "height": 60, "width": 50}]
+    anns = []
+    for i in range(300):
+        y, x, side = int(rng.integers(0, 54)), int(rng.integers(0, 44)), int(rng.integers(1, 7))
+        polygon = [[float(v) for v in (x, y, x + side, y, x + side, y + side, x, y + side)]]
+        seg = compressed_rle(square(60, 50, y, x, side)) if i % 2 else polygon
+        anns.append({"id": i + 1, "image_id": 1, "category_id": [3, 17, 90][i % 3], "segmentation": seg, "iscrowd": 0})
+    json_path = write_competition(tmp_path / "c", images, anns, OTHER_CATEGORIES)
+    coco = load_coco(json_path)
+    for order in ORDERS:
+        np.testing.assert_array_equal(
+            paint_mask(coco.images[0], coco.categories, order), reference_masks(json_path, order)[1]
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------

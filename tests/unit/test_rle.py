@@ -187,6 +187,63 @@ def test_encode_runs_match_a_per_pixel_loop(m: np.ndarray, order: str) -> None:
     assert (starts.tolist(), lengths.tolist()) == _runs_by_pixel_loop(m, order)
 
 
+def _layouts(m: np.ndarray) -> list[np.ndarray]:
+    """The same pixels C-ordered, Fortran-ordered and as a strided view (encode reads each without a transpose)."""
+    padded = np.zeros((2 * m.shape[0], 3 * m.shape[1]), m.dtype)
+    padded[::2, ::3] = m
+    return [np.ascontiguousarray(m), np.asfortranarray(m), padded[::2, ::3]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(m=masks(max_side=40), order=st.sampled_from(["column", "row"]))
+def test_encode_runs_ignore_memory_layout_and_dtype(m: np.ndarray, order: str) -> None:
+    # 0/1, 0/255 and wider integers go through the word-wise compare, floats through the pixel-wise one
+    expected = _runs_by_pixel_loop(m, order)
+    for dtype, fg in ((bool, True), (np.uint8, 1), (np.uint8, 255), (np.int32, 7), (np.int64, -1), (np.float32, 0.5)):
+        for arr in _layouts(np.where(m, fg, 0).astype(dtype)):
+            starts, lengths = rle.encode_runs(arr, order)  # type: ignore[arg-type]
+            assert (starts.tolist(), lengths.tolist()) == expected, (dtype, fg, arr.flags)
+
+
+def _class_runs_by_pixel_loop(m: np.ndarray, order: str) -> list[tuple[int, int, int]]:
+    flat = m.ravel(order="F" if order == "column" else "C").tolist()
+    runs: list[tuple[int, int, int]] = []
+    for i, v in enumerate(flat):
+        if i and v == flat[i - 1]:
+            runs[-1] = (v, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((v, i, 1))
+    return runs
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    m=hnp.arrays(np.int64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=30), elements=st.integers(0, 3)),
+    order=st.sampled_from(["column", "row"]),
+)
+def test_encode_class_runs_match_a_per_pixel_loop_in_any_layout(m: np.ndarray, order: str) -> None:
+    expected = _class_runs_by_pixel_loop(m, order)
+    for dtype in (np.uint8, np.uint16, np.int32, np.int64, np.float64):
+        for arr in _layouts(m.astype(dtype)):
+            values, starts, lengths = rle.encode_class_runs(arr, order)  # type: ignore[arg-type]
+            assert list(zip(values.tolist(), starts.tolist(), lengths.tolist())) == expected, (dtype, arr.flags)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**63 - 1) | st.integers(0, 10**6), min_size=1, max_size=12),
+    st.lists(st.sampled_from([" ", "  ", "\t", "\n", "\r\n", " \x0b", "\x0c"]), min_size=12, max_size=12),
+)
+def test_parse_integers_reads_every_token(values: list[int], spaces: list[str]) -> None:
+    # the fast path (np.fromstring) and the exact one (values of 10**18 and more) give the tokens' values
+    text = spaces[0] + "".join(f"{v}{s}" for v, s in zip(values, spaces[1:] + spaces[:1]))
+    assert rle.parse_integers(text).tolist() == values
+
+
+def test_parse_integers_of_blank_text_is_empty() -> None:
+    assert rle.parse_integers("").size == 0 and rle.parse_integers(" \t\n").size == 0  # np.fromstring says [0]
+
+
 @settings(max_examples=100, deadline=None)
 @given(m=masks(), fmt=st.sampled_from(ALL_FORMATS))
 def test_encoded_runs_are_canonical(m: np.ndarray, fmt: RleFormat) -> None:
