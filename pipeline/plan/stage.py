@@ -67,12 +67,13 @@ def plan_choices(
     explicit: dict[str, Any],
     work_images: int,
     weights_dir: str,
+    batch_override: rules.Choice | None = None,
 ) -> tuple[list[rules.Choice], rules.Geometry]:
     """Every rule's choice for one candidate config (epochs and augmentations apart: they need the measured step),
     in the order they depend on each other."""
     geometry = rules.choose_geometry(fp, device, rules.fixed_size_multiple({**base, **explicit}))
     size = explicit.get("input_size", geometry.input_size)
-    batch_choice = rules.choose_batch(size, device, work_images)
+    batch_choice = batch_override or rules.choose_batch(size, device, work_images)
     batch = explicit.get("recipe.batch_size", batch_choice.value)
     base_lr = base.get("recipe", {}).get("lr", 2e-3)
     choices = [*geometry.choices, batch_choice, rules.choose_lr(base_lr, batch, base_source)]
@@ -172,6 +173,59 @@ def size_epochs(
     return cfg, work, e, fits
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The entry of ``train.models`` being planned: its file, the keys it sets, the classes, its share of the budget
+    (``seconds_for(probe_seconds)``)."""
+
+    src: str
+    explicit: dict[str, Any]
+    num_classes: int
+    seconds_for: Any
+
+
+def size_candidate(
+    cand: str,
+    base: dict[str, Any],
+    fp: Fingerprint,
+    machine: Machine,
+    layout: Layout,
+    params: Params,
+    target: Target,
+    batch: rules.Choice | None = None,
+) -> Sized:
+    """One candidate config planned for ``target``, its step measured and its epochs sized; ``batch`` overrides the
+    batch rule's choice (the steps rule's second pass)."""
+    src, explicit, num_classes, seconds_for = target.src, target.explicit, target.num_classes, target.seconds_for
+    base_src = str(Layout().model_config(cand))
+    k = params.folds.k
+    n_fit = fp.images - int(round(fp.images / k))
+    choices, geometry = plan_choices(
+        fp, machine.device, base, base_src, explicit, n_fit, params.plan.weights_dir, batch
+    )
+    merged, records = merge_choices(base, choices, explicit, src)
+    cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
+    cfg, timing = timed(cfg, cand, num_classes, layout, params, machine.device)
+    work = bud.Work(
+        images=fp.images,
+        test_images=fp.test_images if params.pseudo.rounds > 0 else 0,
+        k=k,
+        folds=len(params.train.folds),
+        rounds=1 + params.pseudo.rounds,
+        batch_size=cfg.recipe.batch_size,
+        samples_per_epoch=getattr(cfg.recipe, "samples_per_epoch", None),
+        later_epochs=params.pseudo.epochs,
+    )
+    costs = bud.Costs(
+        timing.step_seconds, timing.eval_image_seconds, machine.startup_seconds, fp.read_seconds, timing.build_seconds
+    )
+    seconds = seconds_for(timing.probe_seconds)
+    cfg, work, epochs, fits = size_epochs(cfg, work, costs, seconds, params, explicit, params.train.epochs, records)
+    merged, late = merge_choices(to_dict(cfg), [rules.choose_augment(fp, cfg.input_size, epochs)], explicit, src)
+    cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
+    return Sized(cand, cfg, records + late, timing, work, costs, epochs, fits, geometry)
+
+
 def plan_model(
     name: str,
     fp: Fingerprint,
@@ -181,7 +235,10 @@ def plan_model(
     num_classes: int,
     seconds_for: Any,
 ) -> tuple[Sized, list[str]]:
-    """Plan one entry of ``train.models``: try its candidates until one fits. Returns it and the candidates tried."""
+    """Plan one entry of ``train.models``: try its candidates until one fits. Returns it and the candidates tried.
+
+    Each candidate is sized twice when its first sizing leaves a fold too few optimiser steps on a CPU
+    (:func:`pipeline.plan.rules.batch_for_steps`): again at the smaller batch, measured anew."""
     path = layout.model_config(name)
     data = read_config_data(path)
     explicit = explicit_keys(data)
@@ -190,44 +247,22 @@ def plan_model(
         candidates = params.plan.gpu_models if machine.device == "cuda" else params.plan.cpu_models
     else:
         candidates = [name]
-    k = params.folds.k
-    n_fit = fp.images - int(round(fp.images / k))
     tried: list[str] = []
     sized = None
     for cand in candidates:
         base = read_config_data(layout.model_config(cand)) if cand != name else data
-        base_src = str(Layout().model_config(cand))
         if is_planned(base):
-            raise UserError(f"plan candidate {cand!r}: {base_src} is a planned config, not a full one")
-        choices, geometry = plan_choices(fp, machine.device, base, base_src, explicit, n_fit, params.plan.weights_dir)
-        merged, records = merge_choices(base, choices, explicit, src)
-        cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
-        cfg, timing = timed(cfg, cand, num_classes, layout, params, machine.device)
-        work = bud.Work(
-            images=fp.images,
-            test_images=fp.test_images if params.pseudo.rounds > 0 else 0,
-            k=k,
-            folds=len(params.train.folds),
-            rounds=1 + params.pseudo.rounds,
-            batch_size=cfg.recipe.batch_size,
-            samples_per_epoch=getattr(cfg.recipe, "samples_per_epoch", None),
-            later_epochs=params.pseudo.epochs,
-        )
-        costs = bud.Costs(
-            timing.step_seconds,
-            timing.eval_image_seconds,
-            machine.startup_seconds,
-            fp.read_seconds,
-            timing.build_seconds,
-        )
-        seconds = seconds_for(timing.probe_seconds)
-        cfg, work, epochs, fits = size_epochs(cfg, work, costs, seconds, params, explicit, params.train.epochs, records)
-        merged, late = merge_choices(to_dict(cfg), [rules.choose_augment(fp, cfg.input_size, epochs)], explicit, src)
-        cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
-        records += late
+            raise UserError(
+                f"plan candidate {cand!r}: {Layout().model_config(cand)} is a planned config, not a full one"
+            )
+        target = Target(src, explicit, num_classes, seconds_for)
+        sized = size_candidate(cand, base, fp, machine, layout, params, target)
+        if "recipe.batch_size" not in explicit and params.train.epochs is None and "recipe.epochs" not in explicit:
+            smaller = rules.batch_for_steps(machine.device, sized.epochs * sized.work.steps(1), sized.work.batch_size)
+            if smaller is not None:
+                sized = size_candidate(cand, base, fp, machine, layout, params, target, smaller)
         tried.append(cand)
-        sized = Sized(cand, cfg, records, timing, work, costs, epochs, fits, geometry)
-        if fits:
+        if sized.fits:
             break
     assert sized is not None  # candidates is never empty (a PlanParams list of at least the fallback)
     return sized, tried

@@ -356,6 +356,26 @@ def test_shipped_params_plan_the_default_and_the_fixed_recipe_is_one_switch() ->
 
 
 # --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("device", "steps", "batch", "expected"),
+    [
+        ("cpu", 560, 14, 8),  # objects at 21 min: 11 epochs of 51 steps; 14 * 560 / 1500 = 5.2 -> the floor, 8
+        ("cpu", 1000, 32, 20),  # 32 * 1000 / 1500 = 21.3 -> 20 (even)
+        ("cpu", 1500, 32, None),  # enough steps already
+        ("cpu", 300, 8, None),  # at the floor: nothing smaller
+        ("cuda", 100, 64, None),  # a GPU wastes itself on small batches
+    ],
+)
+def test_a_step_starved_fold_gets_a_smaller_batch_on_a_cpu(
+    device: str, steps: int, batch: int, expected: int | None
+) -> None:
+    c = rules.batch_for_steps(device, steps, batch)
+    assert (c.value if c else None) == expected
+    if c is not None:
+        assert c.key == "recipe.batch_size" and f"{steps} optimiser steps per fold at batch {batch}" in c.why
+        assert f"about {steps * batch // expected}" in c.why
+
+
 def test_augmentations_follow_the_masks_symmetry_and_the_training_length() -> None:
     from pipeline.plan.augment import CANDIDATES, LONG_TRAINING
 
