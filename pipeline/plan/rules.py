@@ -133,6 +133,25 @@ def batch_for_steps(device: str, steps: int, batch: int) -> Choice | None:
     return Choice("recipe.batch_size", b, why)
 
 
+MAX_EPOCH_LOSS = 0.2  # the smaller batch may cost at most this share of round 1's epochs
+
+
+def keep_smaller_batch(epochs: int, timing: Any, small_epochs: int, small_timing: Any) -> tuple[bool, str]:
+    """Whether the steps rule's smaller batch stands, measured: it must keep at least ``1 - MAX_EPOCH_LOSS`` of the
+    round-1 epochs the larger batch had (a CPU image then costs about the same at both). Returns the verdict and,
+    when the larger batch stays, why (the zoo's `objects` at 96x128: 24-26 against 22-24 ms
+    an image, kept; the embedded digits at 64x84: 13.7 against 10.1 ms, 2 epochs instead of 3, refused)."""
+    if small_epochs >= (1 - MAX_EPOCH_LOSS) * epochs:
+        return True, ""
+    ms = lambda t: 1000 * t.step_seconds / t.batch_size  # noqa: E731
+    why = (
+        f"the steps rule tried batch {small_timing.batch_size}: {ms(small_timing):.1f} ms an image against "
+        f"{ms(timing):.1f} at batch {timing.batch_size}, so {small_epochs} epochs instead of {epochs}; kept "
+        f"{timing.batch_size}"
+    )
+    return False, why
+
+
 def choose_lr(base_lr: float, batch: int, source: str) -> Choice:
     """Square-root scaling of the base config's AdamW learning rate (set for a batch of 32) to the batch."""
     lr = float(f"{base_lr * math.sqrt(batch / REFERENCE_BATCH):.3g}")

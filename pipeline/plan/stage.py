@@ -226,6 +226,17 @@ def size_candidate(
     return Sized(cand, cfg, records + late, timing, work, costs, epochs, fits, geometry)
 
 
+def with_note(sized: Sized, key: str, note: str) -> Sized:
+    """``sized`` with ``note`` added to the why of its record of ``key``."""
+    records = [
+        {**r, "why": f"{r['why']}; {note}", "line": line(r["key"], r["value"], r["source"], f"{r['why']}; {note}")}
+        if r["key"] == key
+        else r
+        for r in sized.records
+    ]
+    return dataclasses.replace(sized, records=records)
+
+
 def plan_model(
     name: str,
     fp: Fingerprint,
@@ -238,7 +249,8 @@ def plan_model(
     """Plan one entry of ``train.models``: try its candidates until one fits. Returns it and the candidates tried.
 
     Each candidate is sized twice when its first sizing leaves a fold too few optimiser steps on a CPU
-    (:func:`pipeline.plan.rules.batch_for_steps`): again at the smaller batch, measured anew."""
+    (:func:`pipeline.plan.rules.batch_for_steps`): again at the smaller batch, measured anew, and the smaller batch is
+    kept only if the measurement bears the rule's premise out (:func:`pipeline.plan.rules.keep_smaller_batch`)."""
     path = layout.model_config(name)
     data = read_config_data(path)
     explicit = explicit_keys(data)
@@ -260,7 +272,9 @@ def plan_model(
         if "recipe.batch_size" not in explicit and params.train.epochs is None and "recipe.epochs" not in explicit:
             smaller = rules.batch_for_steps(machine.device, sized.epochs * sized.work.steps(1), sized.work.batch_size)
             if smaller is not None:
-                sized = size_candidate(cand, base, fp, machine, layout, params, target, smaller)
+                second = size_candidate(cand, base, fp, machine, layout, params, target, smaller)
+                keep, why = rules.keep_smaller_batch(sized.epochs, sized.timing, second.epochs, second.timing)
+                sized = second if keep else with_note(sized, "recipe.batch_size", why)
         tried.append(cand)
         if sized.fits:
             break

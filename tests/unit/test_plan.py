@@ -376,6 +376,23 @@ def test_a_step_starved_fold_gets_a_smaller_batch_on_a_cpu(
         assert f"about {steps * batch // expected}" in c.why
 
 
+def test_the_smaller_batch_stands_only_where_the_probe_bears_the_premise_out() -> None:
+    from pipeline.plan.machine import StepTiming
+
+    def t(batch: int, step: float) -> StepTiming:
+        return StepTiming("cnn_default", (64, 84), batch, step, 0.003, 0.1, 5, 1.0)
+
+    # objects, 96x128: 22.4 against 25.9 ms an image, 10 epochs instead of 11: kept
+    assert rules.keep_smaller_batch(11, t(14, 0.305), 10, t(8, 0.207)) == (True, "")
+    # the digits, 64x84: 10.1 against 13.7 ms, 2 epochs instead of 3: the batch of 32 stays, and says why
+    keep, why = rules.keep_smaller_batch(3, t(32, 0.324), 2, t(8, 0.11))
+    assert not keep
+    assert (
+        why
+        == "the steps rule tried batch 8: 13.8 ms an image against 10.1 at batch 32, so 2 epochs instead of 3; kept 32"
+    )
+
+
 def test_augmentations_follow_the_masks_symmetry_and_the_training_length() -> None:
     from pipeline.plan.augment import CANDIDATES, LONG_TRAINING
 
