@@ -116,7 +116,7 @@ def _probe_context(cfg: Any, model_name: str, num_classes: int, device: Any) -> 
 
     rec = cfg.recipe
     return Context(
-        run=RunId(Layout(Path(".")), model_name, 0),
+        run=RunId(Layout(), model_name, 0),
         device=device,
         ddp=Dist(),
         amp=rec.amp,
