@@ -342,8 +342,13 @@ class PlanParams:
     weights_dir: str = "weights"  # local encoder weights: <weights_dir>/<encoder>.safetensors (or .pth)
     fingerprint_images: int = 500  # masks and images read for component sizes and pixel statistics (a sample)
     seed: int = 0  # the fingerprint's sample
+    # optimiser steps a fold's round 1 must make before the plan trains another fold of train.folds: a budget too
+    # small for every fold to reach them trains fewer, longer (at least one); 0: every fold in train.folds
+    fold_steps: int = 3000
 
     def __post_init__(self) -> None:
+        if self.fold_steps < 0:
+            raise UserError(f"plan.fold_steps must be 0 (every fold) or more, got {self.fold_steps}")
         if self.budget_minutes <= 0:
             raise UserError(f"plan.budget_minutes must be above 0, got {self.budget_minutes}")
         if self.probe_steps < 1:

@@ -4,6 +4,7 @@ stage, and a grid of test predictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import platform
@@ -19,6 +20,7 @@ from pipeline.errors import UserError
 from pipeline.io import read_image, read_json, safe_join, write_json, write_png, write_text
 from pipeline.oof import model_oof
 from pipeline.paths import Layout
+from pipeline.plan.apply import planned_folds
 from pipeline.plots import colorize
 from pipeline.tables import format_markdown
 
@@ -103,6 +105,8 @@ def prediction_grid(params: Params, layout: Layout, dest: Path, n: int = 12) -> 
 
 
 def write_summary(params: Params, layout: Layout) -> str:
+    folds = planned_folds(params, layout)  # the folds that trained: the plan may train fewer of train.folds
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, folds=folds))
     classes = read_json(layout.classes_json)
     rounds = list(range(1, 2 + params.pseudo.rounds))
     folds = list(params.train.folds)

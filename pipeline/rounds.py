@@ -38,14 +38,15 @@ def pseudo_set(params: Params, fold: int) -> int | str:
     return fold if params.pseudo.source == "leak_free" else "all"
 
 
-def skip_training_round(params: Params, layout: Layout, model_name: str, fold: int, round_: int) -> None:
-    """The outputs of a switched-off training round: a ``skipped.txt`` that says why, and an empty curves file."""
-    write_text(
-        layout.fold_files(model_name, fold, round_).skipped,
-        f"pseudo.rounds is {params.pseudo.rounds}: no round {round_}\n",
-    )
+def skip_training_round(
+    params: Params, layout: Layout, model_name: str, fold: int, round_: int, why: str | None = None
+) -> None:
+    """The outputs of a training stage that does not train (a switched-off round, or a fold the plan leaves out):
+    a ``skipped.txt`` that says why, and an empty curves file."""
+    why = why or f"pseudo.rounds is {params.pseudo.rounds}: no round {round_}"
+    write_text(layout.fold_files(model_name, fold, round_).skipped, why + "\n")
     write_csv(layout.curve_path(model_name, fold, round_), LOG_COLUMNS, [])
-    print(f"round {round_} skipped (pseudo.rounds: {params.pseudo.rounds})")
+    print(f"round {round_} fold {fold} skipped ({why})")
 
 
 def skip_pseudo_round(params: Params, layout: Layout, round_: int) -> dict[str, Any]:

@@ -83,14 +83,15 @@ def train_round(
     """
     if round_ < 1:
         raise UserError(f"round must be 1 or more, got {round_}")
-    if round_ == 1:
-        return train_fold(cfg, model_name, fold, layout, params.data, params.train, metric=params.metric.name)
     if not training_round_runs(params, round_):
         skip_training_round(params, layout, model_name, fold, round_)
         return None
+    # from a run that skipped this stage (fewer rounds, or a plan that trained fewer folds)
+    layout.fold_files(model_name, fold, round_).skipped.unlink(missing_ok=True)
+    if round_ == 1:
+        return train_fold(cfg, model_name, fold, layout, params.data, params.train, metric=params.metric.name)
     cfg, train = round_config(cfg, params)
     init = layout.checkpoint(model_name, fold, round_ - 1) if params.pseudo.init_from_previous else None
-    layout.fold_files(model_name, fold, round_).skipped.unlink(missing_ok=True)  # from a run with fewer rounds
     extra = pseudo_pairs(params, layout, fold, round_ - 1)
     return train_fold(
         cfg, model_name, fold, layout, params.data, train, round_, extra, init_weights=init, metric=params.metric.name

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in entry["keys"]:
             print(f"  {key}")
     if plan["enabled"]:
+        f = plan["folds"]
+        print(f"folds: {f['trained']} of {f['of']}: {f['why']}")
         b = plan["budget"]
         print(f"predicted {b['predicted_minutes']:.1f} min of {b['minutes']:g} (probe {b['probe_seconds']:.0f} s)")
     print(f"wrote {layout.plan_yaml}")

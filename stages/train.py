@@ -10,7 +10,7 @@ import argparse
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
-from pipeline.plan.apply import planned_config
+from pipeline.plan.apply import plan_fold_list, planned_config
 from pipeline.rounds import skip_training_round, training_round_runs
 
 
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout()
     if not training_round_runs(params, args.round):  # before torch is imported: a switched-off round takes 0.3 s
         skip_training_round(params, layout, args.model, args.fold, args.round)
+        return 0
+    folds = plan_fold_list(params, layout)
+    if folds is not None and args.fold not in folds:  # the budget gives fewer folds enough steps (plan.fold_steps)
+        why = f"the plan trains folds {folds} only (work/plan.yaml: folds; plan.fold_steps: 0 trains every fold)"
+        skip_training_round(params, layout, args.model, args.fold, args.round, why)
         return 0
     cfg = planned_config(args.model, layout, params)  # the model config with the plan's choices (work/plan.yaml)
     from pipeline.train import train_round  # torch, timm, SMP: seconds to import

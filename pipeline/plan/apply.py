@@ -164,9 +164,28 @@ def planned_config(name: str, layout: Layout, params: Params) -> ModelConfig:
     return from_dict(ModelConfig, overlay(entry["config"], explicit_keys(read_config_data(path))), str(path))
 
 
+def plan_fold_list(params: Params, layout: Layout) -> list[int] | None:
+    """The folds the plan trains (``work/plan.yaml``: ``folds.trained``); ``None`` without a plan: every fold."""
+    if not params.plan.enabled:
+        return None
+    trained = read_plan(layout).get("folds", {}).get("trained")
+    return None if trained is None else [int(f) for f in trained]
+
+
+def planned_folds(params: Params, layout: Layout) -> list[int]:
+    """The folds of ``train.folds`` that train: every one, or the fewer the plan chose where the budget cannot give
+    each enough optimiser steps (``plan.fold_steps``; the others' stages write ``skipped.txt``)."""
+    trained = plan_fold_list(params, layout)
+    return list(params.train.folds) if trained is None else [f for f in params.train.folds if f in trained]
+
+
 def planned_params(params: Params, layout: Layout) -> Params:
-    """``params`` with the inference keys left null (``infer.sliding``, ``tta_flips``, ``tta_scales``) filled: from
-    the plan when ``plan.enabled``, else with ``UNPLANNED_INFER``. Explicit values are kept as they are."""
+    """``params`` as the plan completes them: ``train.folds`` the folds that train (:func:`planned_folds`), and the
+    inference keys left null (``infer.sliding``, ``tta_flips``, ``tta_scales``) filled from the plan when
+    ``plan.enabled``, else with ``UNPLANNED_INFER``. Explicit values are kept as they are."""
+    folds = planned_folds(params, layout)
+    if folds != list(params.train.folds):
+        params = dataclasses.replace(params, train=dataclasses.replace(params.train, folds=folds))
     p = params.infer
     unset = [k for k in PLAN_INFER_KEYS if getattr(p, k) is None]
     if not unset:

@@ -133,6 +133,31 @@ def batch_for_steps(device: str, steps: int, batch: int) -> Choice | None:
     return Choice("recipe.batch_size", b, why)
 
 
+def folds_for_steps(steps: Mapping[int, int], target: int) -> tuple[int, str]:
+    """How many folds train: the most whose round 1 each still makes ``target`` optimiser steps, else one.
+
+    ``steps[n]``: the round-1 steps per fold when ``n`` folds share the budget (every count from 1 to the folds of
+    ``train.folds``). A model from scratch predicts background alone for its first ~900 steps on the zoo's `objects`
+    (bench/RECIPE.md), so where the budget cannot give every fold enough steps, fewer folds trained longer beat an
+    ensemble of models that have barely left that plateau; the untrained folds' images are then not in the OOF.
+
+    >>> folds_for_steps({1: 3500, 2: 1750, 3: 1160, 4: 870, 5: 700}, 3000)[0]
+    1
+    >>> folds_for_steps({1: 9000, 2: 4500, 3: 3000, 4: 2250, 5: 1800}, 3000)[0]
+    3
+    >>> folds_for_steps({1: 20000, 2: 10000, 3: 6600, 4: 5000, 5: 4000}, 3000)[0]
+    5
+    """
+    most = max(steps)
+    n = max([k for k, s in steps.items() if s >= target], default=1)
+    if n == most:
+        return n, f"each of the {n} folds makes {steps[n]} round-1 steps, at least plan.fold_steps ({target})"
+    return n, (
+        f"the budget gives each of {most} folds {steps[most]} round-1 steps, under plan.fold_steps ({target}): "
+        f"{n} fold{'s' if n > 1 else ''} of {steps[n]} steps each instead (the others' stages skip; 0 trains all)"
+    )
+
+
 MAX_EPOCH_LOSS = 0.2  # the smaller batch may cost at most this share of round 1's epochs
 
 

@@ -127,6 +127,8 @@ class Sized:
     epochs: int
     fits: bool
     geometry: rules.Geometry
+    probed: ModelConfig  # the config as probed, before epochs and augmentations (what a re-sizing starts from)
+    probe_records: list[dict[str, Any]]
 
 
 def size_epochs(
@@ -182,6 +184,7 @@ class Target:
     explicit: dict[str, Any]
     num_classes: int
     seconds_for: Any
+    folds: int  # folds trained: len(train.folds), or fewer (rules.folds_for_steps)
 
 
 def size_candidate(
@@ -196,7 +199,7 @@ def size_candidate(
 ) -> Sized:
     """One candidate config planned for ``target``, its step measured and its epochs sized; ``batch`` overrides the
     batch rule's choice (the steps rule's second pass)."""
-    src, explicit, num_classes, seconds_for = target.src, target.explicit, target.num_classes, target.seconds_for
+    src, explicit, num_classes = target.src, target.explicit, target.num_classes
     base_src = str(Layout().model_config(cand))
     k = params.folds.k
     n_fit = fp.images - int(round(fp.images / k))
@@ -210,7 +213,7 @@ def size_candidate(
         images=fp.images,
         test_images=fp.test_images if params.pseudo.rounds > 0 else 0,
         k=k,
-        folds=len(params.train.folds),
+        folds=target.folds,
         rounds=1 + params.pseudo.rounds,
         batch_size=cfg.recipe.batch_size,
         samples_per_epoch=getattr(cfg.recipe, "samples_per_epoch", None),
@@ -219,11 +222,34 @@ def size_candidate(
     costs = bud.Costs(
         timing.step_seconds, timing.eval_image_seconds, machine.startup_seconds, fp.read_seconds, timing.build_seconds
     )
-    seconds = seconds_for(timing.probe_seconds)
-    cfg, work, epochs, fits = size_epochs(cfg, work, costs, seconds, params, explicit, params.train.epochs, records)
-    merged, late = merge_choices(to_dict(cfg), [rules.choose_augment(fp, cfg.input_size, epochs)], explicit, src)
-    cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
-    return Sized(cand, cfg, records + late, timing, work, costs, epochs, fits, geometry)
+    probed = Sized(cand, cfg, [], timing, work, costs, 0, False, geometry, cfg, records)
+    return resize(probed, target.folds, fp, params, target)
+
+
+def resize(sized: Sized, folds: int, fp: Fingerprint, params: Params, target: Target) -> Sized:
+    """``sized``'s probed config with its epochs (and the augmentations that follow from them) sized for ``folds``
+    folds sharing its budget: no new probe."""
+    base_src = str(Layout().model_config(sized.name))
+    work = dataclasses.replace(sized.work, folds=folds)
+    records = list(sized.probe_records)
+    seconds = target.seconds_for(sized.timing.probe_seconds)
+    cfg, work, epochs, fits = size_epochs(
+        sized.probed, work, sized.costs, seconds, params, target.explicit, params.train.epochs, records
+    )
+    aug = rules.choose_augment(fp, cfg.input_size, epochs)
+    merged, late = merge_choices(to_dict(cfg), [aug], target.explicit, target.src)
+    cfg = from_dict(ModelConfig, merged, f"{target.src} planned on {base_src}")
+    return dataclasses.replace(sized, cfg=cfg, records=records + late, work=work, epochs=epochs, fits=fits)
+
+
+def fold_count(sized: Sized, fp: Fingerprint, params: Params, target: Target) -> tuple[int, str]:
+    """How many of ``train.folds`` train (:func:`pipeline.plan.rules.folds_for_steps`), from ``sized``'s probe."""
+    most = len(params.train.folds)
+    steps = {}
+    for n in range(1, most + 1):
+        s = resize(sized, n, fp, params, target)
+        steps[n] = s.epochs * s.work.steps(1)
+    return rules.folds_for_steps(steps, params.plan.fold_steps)
 
 
 def with_note(sized: Sized, key: str, note: str) -> Sized:
@@ -245,12 +271,16 @@ def plan_model(
     params: Params,
     num_classes: int,
     seconds_for: Any,
-) -> tuple[Sized, list[str]]:
-    """Plan one entry of ``train.models``: try its candidates until one fits. Returns it and the candidates tried.
+    folds: int | None = None,
+) -> tuple[Sized, list[str], tuple[int, str]]:
+    """Plan one entry of ``train.models``: try its candidates until one fits. Returns it, the candidates tried, and
+    how many folds train and why (``folds``: already decided by an earlier entry; ``None``: decide here).
 
-    Each candidate is sized twice when its first sizing leaves a fold too few optimiser steps on a CPU
-    (:func:`pipeline.plan.rules.batch_for_steps`): again at the smaller batch, measured anew, and the smaller batch is
-    kept only if the measurement bears the rule's premise out (:func:`pipeline.plan.rules.keep_smaller_batch`)."""
+    Unless the epochs are set explicitly, a candidate's first sizing decides the folds
+    (:func:`pipeline.plan.rules.folds_for_steps`, no new probe). It is then sized again when a fold is still left too
+    few optimiser steps on a CPU (:func:`pipeline.plan.rules.batch_for_steps`): at the smaller batch, measured anew,
+    and the smaller batch is kept only if the measurement bears the rule's premise out
+    (:func:`pipeline.plan.rules.keep_smaller_batch`)."""
     path = layout.model_config(name)
     data = read_config_data(path)
     explicit = explicit_keys(data)
@@ -259,17 +289,23 @@ def plan_model(
         candidates = params.plan.gpu_models if machine.device == "cuda" else params.plan.cpu_models
     else:
         candidates = [name]
+    epochs_free = params.train.epochs is None and "recipe.epochs" not in explicit
     tried: list[str] = []
     sized = None
+    count = (len(params.train.folds), "every fold of train.folds")
     for cand in candidates:
         base = read_config_data(layout.model_config(cand)) if cand != name else data
         if is_planned(base):
             raise UserError(
                 f"plan candidate {cand!r}: {Layout().model_config(cand)} is a planned config, not a full one"
             )
-        target = Target(src, explicit, num_classes, seconds_for)
+        target = Target(src, explicit, num_classes, seconds_for, folds or len(params.train.folds))
         sized = size_candidate(cand, base, fp, machine, layout, params, target)
-        if "recipe.batch_size" not in explicit and params.train.epochs is None and "recipe.epochs" not in explicit:
+        if folds is None:
+            count = decide_folds(sized, fp, params, target, epochs_free)
+            target = dataclasses.replace(target, folds=count[0])
+            sized = resize(sized, count[0], fp, params, target)
+        if "recipe.batch_size" not in explicit and epochs_free:
             smaller = rules.batch_for_steps(machine.device, sized.epochs * sized.work.steps(1), sized.work.batch_size)
             if smaller is not None:
                 second = size_candidate(cand, base, fp, machine, layout, params, target, smaller)
@@ -279,7 +315,19 @@ def plan_model(
         if sized.fits:
             break
     assert sized is not None  # candidates is never empty (a PlanParams list of at least the fallback)
-    return sized, tried
+    if folds is not None:
+        count = (folds, f"as {params.train.models[0]}'s plan decided")
+    return sized, tried, count
+
+
+def decide_folds(sized: Sized, fp: Fingerprint, params: Params, target: Target, epochs_free: bool) -> tuple[int, str]:
+    """The fold count for ``sized``: :func:`fold_count`, unless the epochs are explicit or ``plan.fold_steps`` is 0."""
+    n = len(params.train.folds)
+    if params.plan.fold_steps == 0:
+        return n, "plan.fold_steps is 0: every fold of train.folds trains"
+    if not epochs_free:
+        return n, "the epochs are set explicitly: every fold of train.folds trains (fewer would not add steps)"
+    return fold_count(sized, fp, params, target)
 
 
 def disabled_plan(fp: Fingerprint, layout: Layout, params: Params) -> dict[str, Any]:
@@ -316,6 +364,7 @@ def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any]) -> dic
 
     models: dict[str, Any] = {}
     sized_all: list[Sized] = []
+    n_folds, folds_why = len(params.train.folds), ""
     for i, name in enumerate(params.train.models):
         spent = time.perf_counter() - t_start
 
@@ -324,7 +373,11 @@ def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any]) -> dic
             left = budget_s - spent - this_probe * (n_models - i)
             return max(0.0, left / (n_models - i))
 
-        sized, tried = plan_model(name, fp, machine, layout, params, num_classes, seconds_for)
+        sized, tried, count = plan_model(
+            name, fp, machine, layout, params, num_classes, seconds_for, None if i == 0 else n_folds
+        )
+        if i == 0:
+            n_folds, folds_why = count
         sized_all.append(sized)
         models[name] = {
             "base": sized.name,
@@ -369,6 +422,7 @@ def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any]) -> dic
         },
         "machine": dataclasses.asdict(machine),
         "fingerprint": fp.to_dict(),
+        "folds": {"trained": list(params.train.folds)[:n_folds], "of": list(params.train.folds), "why": folds_why},
         "models": models,
         "infer": infer,
     }

@@ -114,3 +114,36 @@ def test_repeats_over_seeds_through_dvc_exp_run(fast_run: tuple[Path, str]) -> N
     # a re-run keeps both seeds: nothing is reproduced or re-scored
     again = run(root, sys.executable, "-m", "pipeline.ablation", "--seeds", "2").stdout
     assert again.count("rows kept from") == 2 and "dvc exp run" not in again
+
+
+def test_a_budget_too_small_for_every_fold_trains_fewer_and_every_stage_follows(
+    fast_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """With the epochs left to the plan and more steps per fold asked (plan.fold_steps) than the budget gives any,
+    the plan trains fold 0 alone: fold 1's stages skip, and pseudo, infer and report use fold 0 only."""
+    src, _ = fast_run
+    root = tmp_path / "repo"
+    shutil.copytree(src, root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["epochs"] = None  # the plan sizes the epochs, so its fold rule applies
+    params["plan"].update({"fold_steps": 10**6, "max_epochs": 1})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(root, "dvc", "repro").stdout
+    plan = yaml.safe_load((root / "work" / "plan.yaml").read_text())
+    assert plan["folds"]["trained"] == [0] and plan["folds"]["of"] == [0, 1]
+    assert "under plan.fold_steps (1000000)" in plan["folds"]["why"]
+    assert plan["budget"]["per_model"]["auto"]["rounds"]["round1"]["folds"] == 1
+    for r in (1, 2):
+        fold1 = root / "work" / f"r{r}" / "models" / "auto" / "fold1"
+        assert "the plan trains folds [0] only" in (fold1 / "skipped.txt").read_text()
+        # the earlier run's fold-1 model is kept (plan.fold_steps: 0 would resume it), and used by nothing here
+        assert (fold1 / "best.pt").read_bytes() == (src / fold1.relative_to(root) / "best.pt").read_bytes()
+        assert (root / "work" / f"r{r}" / "models" / "auto" / "fold0" / "best.pt").is_file()
+    assert "round 1 fold 1 skipped" in out
+    assert sorted(p.name for p in (root / "work" / "r1" / "pseudo").iterdir()) == ["fold0"]
+    infer = json.loads((root / "metrics" / "infer.json").read_text())
+    assert infer["members"] == [{"model": "auto", "fold": 0, "round": 2}] and infer["folds"] == [0]
+    comp = root / "data" / "competition"
+    df = read_submission_csv(root / "submissions" / "submission.csv")
+    assert validate_submission(df, comp / "sample_submission.csv", shapes_from_coco(comp / "test.json")) == []
+    assert "| auto |" in (root / "reports" / "summary.md").read_text()

@@ -24,6 +24,7 @@ from pipeline.plan.apply import (
     fixed_config,
     merge_choices,
     planned_config,
+    planned_folds,
     planned_params,
     recipe_keys,
     write_plan,
@@ -469,6 +470,11 @@ def test_make_plan_on_a_tiny_competition(tmp_path: Path) -> None:
     assert any(k.startswith("input_size: [32, 40] from plan") for k in keys), keys
     assert saved["infer"]["tta_scales"]["value"] == [1.5] and "explicit" in saved["infer"]["tta_scales"]["source"]
     assert saved["infer"]["sliding"]["value"] is False
+    # a few steps per fold fit the minute, far under plan.fold_steps: one fold trains, the others' stages skip
+    assert saved["folds"]["trained"] == [0] and saved["folds"]["of"] == [0, 1, 2]
+    assert "under plan.fold_steps (3000): 1 fold of" in saved["folds"]["why"]
+    assert planned_folds(params, layout) == [0] and planned_params(params, layout).train.folds == [0]
+    assert plan["budget"]["per_model"]["auto"]["rounds"]["round1"]["folds"] == 1
     # 8 fit images of 12 (k=3): the batch is cut to 8 so a fold still makes a step
     cfg = planned_config("auto", layout, params)
     assert cfg.recipe.batch_size == 8 and cfg.recipe.lr == 0.002 and cfg.encoder == "resnet10t"
@@ -485,3 +491,8 @@ def test_make_plan_on_a_tiny_competition(tmp_path: Path) -> None:
     assert ("samples_per_epoch" in recipe_keys()) == (
         "samples_per_epoch" in saved["models"]["auto"]["config"]["recipe"]
     )
+    # plan.fold_steps 0: every fold trains (each capped at plan.max_epochs here, as the one fold was)
+    raw["plan"]["fold_steps"] = 0
+    every = make_plan(from_dict(Params, raw, "test"), layout, raw)
+    assert every["folds"]["trained"] == [0, 1, 2] and "plan.fold_steps is 0" in every["folds"]["why"]
+    assert every["budget"]["per_model"]["auto"]["rounds"]["round1"]["folds"] == 3

@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline.config import load_params
 from pipeline.data.truth import write_truth_record
 from pipeline.paths import Layout
+from pipeline.plan.apply import write_plan
 from pipeline.report import oof_miou, prediction_grid, write_summary
 from pipeline.rle import RleFormat
 from pipeline.submission.format import SubmissionFormat
@@ -83,6 +84,7 @@ def _competition(tmp: Path, fmt: SubmissionFormat, truth_matches: bool):
     layout, pairs = make_run(tmp, [0])
     layout.classes_json.write_text(json.dumps([{"index": i, "name": n} for i, n in enumerate(names)]))
     layout.folds_csv.write_text("image_id,file_name,fold\n1,x.png,0\n")
+    write_plan(layout, {"enabled": True, "folds": {"trained": [0], "of": [0], "why": "the only fold"}})
     truth = tmp / "truth"
     truth.mkdir()
     other = tmp / "other.json"

@@ -61,7 +61,7 @@ def test_switched_off_rounds_write_their_outputs_without_torch(tmp_path: Path) -
     shutil.copy2(REPO / "configs" / "models" / "cnn_default.yaml", tmp_path / "configs" / "models")
 
     out = run_stage(tmp_path, "stages.train", "--model", "cnn_default", "--fold", "1", "--round", "3")
-    assert "round 3 skipped (pseudo.rounds: 1)" in out
+    assert "round 3 fold 1 skipped (pseudo.rounds is 1: no round 3)" in out
     model_dir = tmp_path / "work" / "r3" / "models" / "cnn_default" / "fold1"
     assert (model_dir / "skipped.txt").read_text() == "pseudo.rounds is 1: no round 3\n"
     curve = pd.read_csv(tmp_path / "metrics" / "curves" / "r3" / "cnn_default-fold1.csv")
