@@ -126,7 +126,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        generate_demo(DemoParams(n_train=1, n_test=4 * args.images), data / "competition", data / "truth")
+        generate_demo(
+            DemoParams(n_train=1, n_test=4 * args.images, test_digit_share=0.6), data / "competition", data / "truth"
+        )
         rows = [run_child(n, data, args) for n in (args.images, 4 * args.images)]
     one, four = rows
     copies = len(list(tta_transforms(TTA)))

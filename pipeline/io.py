@@ -194,6 +194,47 @@ def write_npz(dest: str | os.PathLike[str], **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
+class NpzWriter:
+    """An ``.npz`` written one array at a time (what :func:`numpy.savez` writes, uncompressed), atomically: memory
+    stays one array, however many there are; ``dest`` appears only when the block succeeds.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     with npz_writer(Path(d) / "a.npz") as w:
+    ...         w.add("3", np.zeros((2, 2), np.float16))
+    ...         w.add("5", np.ones(3, np.uint8))
+    ...     with np.load(Path(d) / "a.npz") as z:
+    ...         (z.files, z["5"].tolist(), z["3"].dtype)
+    (['3', '5'], [1, 1, 1], dtype('float16'))
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        import zipfile
+
+        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+
+    def add(self, key: str, array: np.ndarray) -> None:
+        with self._zip.open(key + ".npy", "w", force_zip64=True) as out:
+            np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=False)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+@contextlib.contextmanager
+def npz_writer(dest: str | os.PathLike[str]) -> Iterator[NpzWriter]:
+    """Yield an :class:`NpzWriter` onto a temp file that replaces ``dest`` when the block succeeds."""
+    with atomic_open(dest, "wb") as f:
+        w = NpzWriter(f)
+        try:
+            yield w
+        except BaseException:
+            with contextlib.suppress(Exception):  # the temp file is removed anyway; the first error is the one told
+                w.close()
+            raise
+        w.close()
+
+
 class _KeepWriteError:
     """A write-only file proxy that keeps the ``OSError`` of a failed write: ``torch.save`` reports a failing write as
     a ``RuntimeError`` that has lost the errno, and a full disk must still read as one."""

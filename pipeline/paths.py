@@ -176,6 +176,11 @@ class Layout:
     def work(self) -> Path:
         return self.root / "work"
 
+    @property
+    def scratch_dir(self) -> Path:
+        """Where :mod:`pipeline.store` spills arrays: anonymous files, unlinked when made, on the project's disk."""
+        return self.work
+
     # the competition and its held-back truth where the demo writes them (the defaults of data.root, data.truth_dir)
     @property
     def competition_dir(self) -> Path:

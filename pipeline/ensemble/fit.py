@@ -12,7 +12,8 @@ suits a metric (mIoU of an argmax) that has none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -115,7 +116,9 @@ def fit_weights(
     )
 
 
-def fit_temperature(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], max_pixels: int = 2_000_000) -> float:
+def fit_temperature(
+    probs: Mapping[Any, np.ndarray], truth: Mapping[Any, np.ndarray], max_pixels: int = 2_000_000
+) -> float:
     """Temperature T minimising the pixel NLL of softmax(log p / T) on OOF predictions (ignore pixels left out)."""
     logp, labels = [], []
     total = 0

@@ -24,6 +24,7 @@ from pipeline.errors import UserError
 from pipeline.metrics import ConfusionMatrix, score_matrices
 from pipeline.oof import Memo, cross_fit, truth_reader
 from pipeline.paths import Layout
+from pipeline.store import SpillDict, Subset
 from pipeline.tta import describe
 
 
@@ -79,15 +80,24 @@ def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, u
         for n in names:
             print(f"{n}: TTA {per_model[n]['tta']}")
         return Plan(ttas, {}, equal, {"per_model": per_model}, fallback)
-    return _OofPlanner(params, loaded, rt, data, truth_of, choices, per_model, fallback).plan()
+    planner = _OofPlanner(params, layout, loaded, rt, data, truth_of, choices, per_model, fallback)
+    try:
+        return planner.plan()
+    finally:
+        planner.close()
 
 
 class _OofPlanner:
-    """The OOF half of :func:`plan_ensemble`: probabilities and matrices predicted once, choices cross-fitted."""
+    """The OOF half of :func:`plan_ensemble`: probabilities and matrices predicted once, choices cross-fitted.
 
-    def __init__(
+    Memory stays flat in the number of OOF images: each TTA set's probabilities and the truth masks are spilled to
+    disk (:mod:`pipeline.store`) and read back one image at a time; only per-image confusion matrices stay in RAM.
+    """
+
+    def __init__(  # noqa: PLR0913 - the planner's inputs, each from plan_ensemble
         self,
         params: Params,
+        layout: Layout,
         loaded: Loaded,
         rt: Runtime,
         data: OofData,
@@ -102,8 +112,11 @@ class _OofPlanner:
         fold_of = data.fold_of()
         self.ids = [str(i) for f in data.ids for i in data.ids[f]]  # every OOF image, fold by fold
         self.image_folds = np.asarray([fold_of[int(i)] for i in self.ids], np.int64)
-        self.truth = {i: truth_of(int(i)) for i in self.ids}  # (H, W) uint8 masks, read once
-        self._probs: Memo[dict[str, np.ndarray]] = Memo(self._predict)
+        self.scratch = layout.scratch_dir
+        self.truth = SpillDict(self.scratch)  # (H, W) uint8 masks, read once
+        for i in self.ids:
+            self.truth[i] = truth_of(int(i))
+        self._probs: Memo[SpillDict] = Memo(self._predict)
         self._model_mats: Memo[np.ndarray] = Memo(self._model_matrices)
         self._ens_mats: Memo[np.ndarray] = Memo(self._ensemble_matrices)
 
@@ -112,7 +125,16 @@ class _OofPlanner:
         name, tk = key
         tta = TtaConfig(flips=list(tk[0]), scales=list(tk[1]), merge=tk[2])  # type: ignore[arg-type]
         fwd = {f: self.rt.group([m], tta) for f, m in self.loaded.groups[name].items() if f in self.data.ids}
-        return {str(i): pr.astype(np.float16) for i, pr in predict_oof(fwd, self.data, self.rt)}
+        probs = SpillDict(self.scratch)
+        for i, pr in predict_oof(fwd, self.data, self.rt):
+            probs[str(i)] = pr.astype(np.float16)
+        return probs
+
+    def close(self) -> None:
+        """Release the spill files (they have no name on disk; this frees their space now)."""
+        self.truth.close()
+        for probs in self._probs.values.values():
+            probs.close()
 
     def _model_matrices(self, key: tuple[str, Any], temperature: float = 1.0) -> np.ndarray:
         probs = self._probs(key)
@@ -141,7 +163,7 @@ class _OofPlanner:
         tks = tuple(self.fold_tta(n, held_out) for n in self.names)
         temps = tuple(1.0 for _ in self.names)
         if self.p.calibrate:
-            truth = {i: self.truth[i] for i, keep in zip(self.ids, fit) if keep}
+            truth = Subset(self.truth, [i for i, keep in zip(self.ids, fit) if keep])
             temps = tuple(fit_temperature(self._probs((n, tk)), truth) for n, tk in zip(self.names, tks))
         n = len(self.names)
         weights = [1.0 / n] * n

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +11,12 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.data.dataset import SegDataset
 from pipeline.faults import fold_health
-from pipeline.io import load_torch, read_image, write_json, write_npz
+from pipeline.io import load_torch, npz_writer, read_image, write_json
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
 from pipeline.models.registry import build_model
 from pipeline.paths import FoldFiles
 from pipeline.predict import iter_logits
+from pipeline.store import Lazy, SpillDict
 from pipeline.training.context import Context
 
 
@@ -32,19 +32,19 @@ def finish_fold(
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
-    probs: dict[str, np.ndarray] = {}
-    preds: dict[int, np.ndarray] = {}
     sizes = lambda i: val_ds.original_mask(i).shape  # noqa: E731
-    for idx, logits in iter_logits(
-        model, val_ds, ctx.device, ctx.batch_size, sizes, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
-    ):
-        p = torch.softmax(logits, 1).half().cpu().numpy()  # (B, C, H, W) float16
-        for j, i in enumerate(idx.tolist()):
-            probs[str(val_ids[i])] = p[j]
-            preds[i] = p[j].argmax(0).astype(np.uint8)
-    write_npz(files.oof, **probs)
-    ordered, truths = [preds[i] for i in range(len(val_ds))], [val_ds.original_mask(i) for i in range(len(val_ds))]
-    fold_report(files, val_ds, ordered, classes)
+    # memory flat in the fold's size: probabilities stream into the npz, argmax masks spill to disk (pipeline.store)
+    with npz_writer(files.oof) as oof, SpillDict(files.oof.parent) as preds:
+        for idx, logits in iter_logits(
+            model, val_ds, ctx.device, ctx.batch_size, sizes, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
+        ):
+            p = torch.softmax(logits, 1).half().cpu().numpy()  # (B, C, H, W) float16
+            for j, i in enumerate(idx.tolist()):
+                oof.add(str(val_ids[i]), p[j])
+                preds[i] = p[j].argmax(0).astype(np.uint8)
+        ordered, truths = Lazy(len(val_ds), preds.__getitem__), Lazy(len(val_ds), val_ds.original_mask)
+        fold_report(files, val_ds, ordered, classes)
+        health = fold_health(f"{ck['model_name']} fold {ck['fold']}", history, ordered, truths)
     m = ck["metrics"]
     metrics = {
         "best_epoch": ck["best_epoch"],
@@ -57,22 +57,25 @@ def finish_fold(
         "train_seconds": round(sum(r["seconds"] for r in history), 1),
         "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()},
         # skipped_nonfinite_batches, and collapsed: a best model that predicts one class everywhere (a warning too)
-        **fold_health(f"{ck['model_name']} fold {ck['fold']}", history, ordered, truths),
+        **health,
     }
     write_json(files.metrics, metrics)
     return metrics
 
 
-def fold_report(files: FoldFiles, val_ds: SegDataset, preds: list[np.ndarray], classes: list[dict[str, Any]]) -> None:
+def fold_report(
+    files: FoldFiles, val_ds: SegDataset, preds: Sequence[np.ndarray], classes: list[dict[str, Any]]
+) -> None:
     """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG, and a
-    grid of the worst and best validation images (image / truth / prediction / error)."""
+    grid of the worst and best validation images (image / truth / prediction / error). ``preds`` and the truths
+    are read one at a time (any sequence: a :class:`~pipeline.store.Lazy` one keeps memory flat)."""
     from pipeline.metrics import image_miou
     from pipeline.plots import plot_confusion_matrix, plot_examples
     from pipeline.tables import format_table, write_tables
 
     names = [c["name"] for c in classes]
     cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
-    truths = [val_ds.original_mask(i) for i in range(len(val_ds))]
+    truths = Lazy(len(val_ds), val_ds.original_mask)
     for t, p in zip(truths, preds):
         cm.update(p, t)
         biou.update(p, t)
@@ -80,16 +83,5 @@ def fold_report(files: FoldFiles, val_ds: SegDataset, preds: list[np.ndarray], c
     print(format_table(summary))
     write_tables(summary, files.per_class_csv, files.per_class_md)
     plot_confusion_matrix(cm.matrix, names, files.confusion_png)
-    images = _LazyImages(val_ds.images)  # only the drawn rows are read
+    images = Lazy(len(val_ds), lambda i: read_image(val_ds.images[i]))  # only the drawn rows are read
     plot_examples(files.examples_png, images, truths, preds, len(classes), n=4, scores=image_miou(cm.image_matrices))
-
-
-class _LazyImages:
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return read_image(self.paths[i])
