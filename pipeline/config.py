@@ -251,12 +251,17 @@ class TrainParams:
     epochs: int | None = None  # overrides every model's recipe.epochs (the fast profile uses it); null keeps them
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    preload: bool = True  # decode images once and keep them in memory
+    # true: decode a fold's images once and keep them in RAM; false: read them from the disk cache (work/decoded);
+    # auto: RAM when the fold's decoded images and masks fit preload_mib (pipeline/data/cache.py)
+    preload: bool | Literal["auto"] = "auto"
+    preload_mib: int = 4096
     seed: int = 0  # added to every model's recipe.seed: repeats of a run with other seeds (0 keeps the configs')
 
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise UserError(f"train.seed is {self.seed}; it must be 0 or more (it is added to each recipe.seed)")
+        if self.preload_mib < 0:
+            raise UserError(f"train.preload_mib is {self.preload_mib}; it must be 0 or more (MiB of decoded images)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -211,6 +211,15 @@ class Layout:
         return self.masks_dir / self.mask_name(image_id)
 
     @property
+    def decoded_dir(self) -> Path:
+        """Training's disk cache of decoded (image, mask) pairs (:mod:`pipeline.data.cache`); safe to delete."""
+        return self.work / "decoded"
+
+    def decoded_path(self, key: str) -> Path:
+        """The cache entry of one decoded pair, named by its sources' digest."""
+        return self.decoded_dir / f"{key}.npy"
+
+    @property
     def classes_json(self) -> Path:
         return self.work / "classes.json"
 

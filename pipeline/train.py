@@ -40,6 +40,7 @@ import yaml
 
 from pipeline.closure import PROJECT_ROOT, closure_digest
 from pipeline.config import DataParams, ModelConfig, Params, TrainParams, to_dict
+from pipeline.data.cache import fold_storage
 from pipeline.data.folds import FoldSplit, fold_split
 from pipeline.errors import UserError
 from pipeline.faults import StepGuard
@@ -123,7 +124,16 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
     ctx = make_context(cfg, params, run, read_json(layout.classes_json), metric, progress)
     split = fold_split(layout, data, fold, extra)
     fp = fingerprint(cfg, fold, round_, split, init_weights, closure_digest(TRAIN_ENTRY, code_root))
-    loaders = build_loaders(cfg, split, params.preload, ctx)
+    storage = fold_storage(
+        params.preload,
+        params.preload_mib,
+        [*split.train_images, *split.val_images],
+        [*split.train_masks, *split.val_masks],
+        layout,
+    )
+    if ctx.ddp.main:
+        print(f"{run.title}: {storage.why}")
+    loaders = build_loaders(cfg, split, storage, ctx)
     opt = build_optimisation(cfg, ctx, loaders.steps_per_epoch, init_weights)
     checkpoints = Checkpoints(run, fp, cfg, ctx.classes)
     state = checkpoints.resume(opt, ctx.ddp.main)

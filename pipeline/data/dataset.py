@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import ModelConfig
+from pipeline.data.cache import DecodedCache
 from pipeline.data.sampling import NO_CENTRE, centred_window
 from pipeline.errors import UserError
 from pipeline.io import read_image, read_mask
@@ -65,7 +66,8 @@ def build_transform(cfg: ModelConfig, train: bool, seed: int | None = None) -> A
 
 
 class SegDataset(Dataset):
-    """Images (and masks, when given) as uint8 arrays; optionally decoded once and kept in memory.
+    """Images (and masks, when given) as uint8 arrays; decoded once and kept in memory (``preload``), or read on
+    each access from the source files or from a :class:`~pipeline.data.cache.DecodedCache` (``cache``).
 
     An item is an image index, or an ``(index, y, x)`` triple from :class:`pipeline.data.sampling.CropSampler`:
     with ``crop`` set and (y, x) a pixel, the image is first cut to the ``crop`` window centred on that pixel (kept
@@ -80,18 +82,23 @@ class SegDataset(Dataset):
         transform: A.Compose | None = None,
         preload: bool = True,
         crop: tuple[int, int] | None = None,
+        cache: DecodedCache | None = None,
     ) -> None:
         if masks is not None and len(masks) != len(images):
             raise ValueError("images and masks differ in length")
         self.images, self.masks, self.transform = list(images), masks and list(masks), transform
-        self.crop = crop
+        self.crop, self.cache = crop, cache
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if preload:
             self._cache = [self._read(i) for i in range(len(self.images))]
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        image = read_image(self.images[i])
-        mask = read_mask(self.masks[i]) if self.masks is not None else None
+        mask_path = self.masks[i] if self.masks is not None else None
+        if self.cache is not None:
+            image, mask = self.cache.read(self.images[i], mask_path)
+        else:
+            image = read_image(self.images[i])
+            mask = read_mask(mask_path) if mask_path is not None else None
         if mask is not None and mask.shape != image.shape[:2]:
             raise UserError(f"{self.masks[i]}: mask is {mask.shape}, image {self.images[i]} is {image.shape[:2]}")
         return image, mask
@@ -100,7 +107,9 @@ class SegDataset(Dataset):
         """The (H, W) uint8 truth mask of item ``i`` at its original size, untransformed."""
         if self.masks is None:
             raise ValueError("this dataset has no masks")
-        return self._cache[i][1] if self._cache is not None else read_mask(self.masks[i])  # type: ignore[return-value]
+        if self._cache is not None:
+            return self._cache[i][1]  # type: ignore[return-value]
+        return self._read(i)[1] if self.cache is not None else read_mask(self.masks[i])  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return len(self.images)

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from pipeline.config import ModelConfig
+from pipeline.data.cache import Storage
 from pipeline.data.dataset import SegDataset, build_transform
 from pipeline.data.folds import FoldSplit
 from pipeline.data.sampling import CropSampler, foreground_points
@@ -25,6 +26,7 @@ from pipeline.io import load_torch
 from pipeline.losses import WeightedLoss
 from pipeline.models.optim import param_groups
 from pipeline.models.registry import build_model
+from pipeline.store import Lazy
 from pipeline.training.checkpoint import epoch_seed
 from pipeline.training.context import Context
 
@@ -53,30 +55,33 @@ class Loaders:
 
 
 def training_data(
-    cfg: ModelConfig, split: FoldSplit, transform: Any, preload: bool, ctx: Context
+    cfg: ModelConfig, split: FoldSplit, transform: Any, storage: Storage, ctx: Context
 ) -> tuple[SegDataset, Sampler[Any] | None]:
     """The training dataset and its sampler: ``None`` (the loader shuffles one pass, as always) unless the recipe
     sets ``samples_per_epoch`` or ``foreground_share``, then a :class:`CropSampler` seeded from (seed, epoch)."""
     rec, ddp = cfg.recipe, ctx.ddp
     crop = cfg.input_size if cfg.resize == "pad" else None  # resize: the whole image is the sample
-    train_ds = SegDataset(split.train_images, split.train_masks, transform, preload=preload, crop=crop)
+    train_ds = SegDataset(
+        split.train_images, split.train_masks, transform, preload=storage.preload, crop=crop, cache=storage.cache
+    )
     if rec.samples_per_epoch is None and rec.foreground_share == 0.0:
         if ddp.world == 1:
             return train_ds, None
         return train_ds, DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
-    points = foreground_points([train_ds.original_mask(i) for i in range(len(train_ds))], seed=rec.seed)
+    points = foreground_points(Lazy(len(train_ds), train_ds.original_mask), seed=rec.seed)
     sampler = CropSampler(
         len(train_ds), points, rec.samples_per_epoch, rec.foreground_share, rec.seed, ddp.rank, ddp.world
     )
     return train_ds, sampler
 
 
-def build_loaders(cfg: ModelConfig, split: FoldSplit, preload: bool, ctx: Context) -> Loaders:
-    """The fold's loaders; a :class:`UserError` when an epoch would not fill one batch."""
+def build_loaders(cfg: ModelConfig, split: FoldSplit, storage: Storage, ctx: Context) -> Loaders:
+    """The fold's loaders, reading from ``storage``; a :class:`UserError` when an epoch would not fill one batch."""
     rec = cfg.recipe
     transform = build_transform(cfg, train=True, seed=rec.seed)
-    train_ds, sampler = training_data(cfg, split, transform, preload, ctx)
-    val_ds = SegDataset(split.val_images, split.val_masks, build_transform(cfg, train=False), preload=preload)
+    train_ds, sampler = training_data(cfg, split, transform, storage, ctx)
+    val_tf = build_transform(cfg, train=False)
+    val_ds = SegDataset(split.val_images, split.val_masks, val_tf, preload=storage.preload, cache=storage.cache)
     loader = DataLoader(
         train_ds,
         batch_size=ctx.per_process_batch,
