@@ -78,7 +78,12 @@ def iter_logits(
     Truth masks are not passed through here: callers read them at original size from the dataset.
     """
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_by_shape
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_by_shape,
+        pin_memory=device.type == "cuda",  # the copy to the device overlaps the previous batch (non_blocking)
     )
     for groups in loader:
         for batch in groups:

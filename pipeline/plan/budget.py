@@ -3,6 +3,7 @@
 The model of one training stage (one model config, one fold, one round), from measured costs only:
 
     epoch  = steps x step_seconds + n_val x eval_image_seconds               (train, then validate every epoch)
+             + SAVES_PER_EPOCH x save_seconds                                 (last.pt, and best.pt when it improved)
     fixed  = startup_seconds + STAGE_SECONDS + (n_fit + n_val) x read_seconds  (process, imports, preloading)
              + build_seconds + n_val x eval_image_seconds                     (the best model's out-of-fold pass)
     stage  = epochs x epoch + fixed
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 STAGE_SECONDS = 3.0  # python and DVC start-up of a stage, the fold report's tables and plots (measured: 2-4 s)
+SAVES_PER_EPOCH = 2  # last.pt every epoch, best.pt before it when the epoch is the best so far: the upper bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +58,11 @@ class Costs:
     startup: float
     read_image: float
     build: float = 0.0
+    save: float = 0.0  # one checkpoint write
 
 
 def epoch_seconds(work: Work, costs: Costs, round_: int) -> float:
-    return work.steps(round_) * costs.step + work.n_val() * costs.eval_image
+    return work.steps(round_) * costs.step + work.n_val() * costs.eval_image + SAVES_PER_EPOCH * costs.save
 
 
 def fixed_seconds(work: Work, costs: Costs, round_: int) -> float:

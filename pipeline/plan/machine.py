@@ -43,11 +43,12 @@ class StepTiming:
     model: str  # the model config's name
     input_size: tuple[int, int]
     batch_size: int
-    step_seconds: float  # one training step: loading + forward + backward + optimizer (median of the timed)
-    eval_image_seconds: float  # validation forward per image
+    step_seconds: float  # one training step: loading + forward + backward + optimizer (trimmed mean of the timed)
+    eval_image_seconds: float  # validation per image: forward and the epoch's metrics (confusion, Boundary IoU)
     build_seconds: float  # building the model
     steps: int  # timed steps
     probe_seconds: float  # wall time of the whole probe of this candidate
+    save_seconds: float = 0.0  # one checkpoint write (model, EMA, optimiser, scheduler; fsync'd), as each epoch does
 
 
 def host_memory_gib() -> float:
@@ -128,24 +129,22 @@ def _probe_context(cfg: Any, model_name: str, num_classes: int, device: Any) -> 
     )
 
 
-def _eval_seconds(cfg: Any, model: Any, images: Sequence[Path], ctx: Any, sync: Any) -> float:
-    """Seconds per image of a validation pass over ``images`` at their own size (after one untimed pass)."""
+def _eval_seconds(cfg: Any, model: Any, images: Sequence[Path], masks: Sequence[Path], ctx: Any, sync: Any) -> float:
+    """Seconds per image of the training loop's validation (:func:`pipeline.training.epoch.evaluate`: forward at
+    each image's own size, confusion matrix, Boundary IoU) over ``images`` (after one untimed pass)."""
     from pipeline.data.dataset import SegDataset, build_transform
-    from pipeline.predict import iter_logits
+    from pipeline.training.epoch import evaluate
 
-    val_ds = SegDataset(list(images), None, build_transform(cfg, train=False))
+    val_ds = SegDataset(list(images), list(masks), build_transform(cfg, train=False))
     for _ in range(2):  # the first pass allocates; the second is timed
         sync()
         t0 = time.perf_counter()
-        for _ in iter_logits(
-            model, val_ds, ctx.device, cfg.recipe.batch_size, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
-        ):
-            pass
+        evaluate(model, val_ds, ctx)
         sync()
     return (time.perf_counter() - t0) / len(images)
 
 
-def measure_step(
+def measure_step(  # noqa: PLR0913 - the candidate, its images and how its step is measured
     cfg: Any,
     model_name: str,
     num_classes: int,
@@ -154,15 +153,21 @@ def measure_step(
     device_name: str,
     steps: int = 5,
     class_weights: Sequence[float] | None = None,
+    augment: Sequence[Any] | None = None,
+    scratch: Path | None = None,
 ) -> StepTiming:
     """Time ``steps`` training steps of ``cfg`` (a :class:`~pipeline.config.ModelConfig`) on real images.
 
-    The steps are the training loop's own: the model, AdamW, schedule, scaler and loss from
+    The steps are the training loop's own: the loader (the training transform, with ``augment`` when given: the
+    augmentations the plan may add, whose cost the loader pays), the model, AdamW, schedule, scaler and loss from
     :func:`pipeline.training.setup.build_optimisation`, the batch moved by :meth:`Context.inputs`, and
-    :meth:`Optimisation.step` (backward, clipping, optimiser, EMA) under the recipe's autocast. ``images``/``masks``
-    are cycled to fill ``(2 + steps)`` batches; validation is timed on one batch of them at their own size (the
-    training loop validates whole images). ``class_weights`` are the cross-entropy's (they change no cost; kept so
-    the probe builds the loss the run will).
+    :meth:`Optimisation.step` (backward, clipping, optimiser, EMA) under the recipe's autocast; each timed step runs
+    from fetching its batch to the end of the optimiser step, and the step time is the mean without the slowest (one
+    stalled by another process). ``images``/``masks`` are cycled to fill ``(2 + steps)`` batches; validation is timed
+    with the loop's own ``evaluate`` (forward at each image's own size, then the confusion matrix and Boundary IoU)
+    on one batch of them. One checkpoint write of the optimisation's state is timed into an unnamed file in
+    ``scratch`` (the project's disk; skipped without one). ``class_weights`` are the cross-entropy's (they change no
+    cost; kept so the probe builds the loss the run will).
 
     Raises:
         OutOfMemory: the batch does not fit on the CUDA device.
@@ -181,8 +186,9 @@ def measure_step(
     ctx = _probe_context(cfg, model_name, num_classes, device)
     need = rec.batch_size * (WARMUP_STEPS + steps)
     reps = -(-need // max(1, len(images)))
+    loaded = cfg if augment is None else dataclasses.replace(cfg, recipe=dataclasses.replace(rec, augment=augment))
     train_ds = SegDataset(
-        (list(images) * reps)[:need], (list(masks) * reps)[:need], build_transform(cfg, train=True, seed=0)
+        (list(images) * reps)[:need], (list(masks) * reps)[:need], build_transform(loaded, train=True, seed=0)
     )
     loader = DataLoader(train_ds, batch_size=rec.batch_size, shuffle=False, drop_last=True)
 
@@ -195,19 +201,12 @@ def measure_step(
         opt = build_optimisation(cfg, ctx, steps_per_epoch=WARMUP_STEPS + steps)
         sync()
         build = time.perf_counter() - t0
-        opt.net.train()
-        times = []
-        for i, batch in enumerate(loader):
-            sync()
-            t0 = time.perf_counter()
-            opt.step(opt.loss(*ctx.inputs(batch), ctx.autocast), i)
-            sync()
-            if i >= WARMUP_STEPS:
-                times.append(time.perf_counter() - t0)
+        times = _time_steps(opt, loader, ctx, sync)
         model = opt.eval_model
         model.eval()
         n_val = min(len(images), rec.batch_size)
-        eval_image = _eval_seconds(cfg, model, list(images)[:n_val], ctx, sync)
+        eval_image = _eval_seconds(cfg, model, list(images)[:n_val], list(masks)[:n_val], ctx, sync)
+        save = _save_seconds(opt.state_dict(), scratch) if scratch is not None else 0.0
     except torch.cuda.OutOfMemoryError as e:
         raise OutOfMemory(str(e)) from None
     finally:
@@ -217,9 +216,54 @@ def measure_step(
         model=model_name,
         input_size=tuple(cfg.input_size),  # type: ignore[arg-type]
         batch_size=rec.batch_size,
-        step_seconds=sorted(times)[len(times) // 2],  # the median: one step stalled by another process is noise
+        step_seconds=trimmed_mean(times),
         eval_image_seconds=eval_image,
         build_seconds=build,
         steps=steps,
         probe_seconds=time.perf_counter() - t_probe,
+        save_seconds=save,
     )
+
+
+def _time_steps(opt: Any, loader: Any, ctx: Any, sync: Any) -> list[float]:
+    """Seconds of each training step after the warm-up, each from fetching its batch to the end of the step."""
+    opt.net.train()
+    times = []
+    batches = iter(loader)
+    for i in range(len(loader)):
+        sync()
+        t0 = time.perf_counter()
+        batch = next(batches)
+        opt.step(opt.loss(*ctx.inputs(batch), ctx.autocast), i)
+        sync()
+        if i >= WARMUP_STEPS:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def trimmed_mean(times: Sequence[float]) -> float:
+    """The mean without the slowest (a step stalled by another process); the mean of the rest is what an epoch of
+    many steps costs, where the median would leave out their spread.
+
+    >>> trimmed_mean([0.30, 0.28, 0.29, 0.33, 1.5])
+    0.3
+    >>> trimmed_mean([0.2])
+    0.2
+    """
+    kept = sorted(times)[:-1] if len(times) > 1 else list(times)
+    return round(sum(kept) / len(kept), 9)
+
+
+def _save_seconds(state: dict[str, Any], scratch: Path) -> float:
+    """Seconds to write ``state`` as training writes a checkpoint (torch.save, flush, fsync), into an unnamed file."""
+    import tempfile
+
+    import torch
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=scratch) as f:
+        t0 = time.perf_counter()
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+        return time.perf_counter() - t0

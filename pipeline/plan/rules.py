@@ -115,6 +115,30 @@ def choose_batch(input_size: Sequence[int], device: str, n_fit: int) -> Choice:
     return Choice("recipe.batch_size", b, why)
 
 
+MAX_WORKERS = 8  # data-loader workers on a GPU machine: past this, decoding keeps up and workers only cost memory
+
+
+def choose_workers(device: str, cores: int, world: int = 1) -> Choice:
+    """Data-loader workers per training process: none on a CPU, where a worker takes a core from the training step
+    itself (the loader is a few percent of a step there: bench/bench_loader.py); on a GPU the cores but one each
+    process leaves to itself, at most :data:`MAX_WORKERS`, so augmenting the next batches overlaps the device's step.
+
+    >>> choose_workers("cpu", 2).value, choose_workers("cuda", 16).value, choose_workers("cuda", 16, world=4).value
+    (0, 8, 3)
+    >>> choose_workers("cuda", 1).value
+    0
+    """
+    if device != "cuda":
+        return Choice("recipe.num_workers", 0, "on a CPU, loader workers would take cores from the training step")
+    per_process = max(1, cores // max(1, world))
+    n = min(MAX_WORKERS, per_process - 1)
+    why = (
+        f"{cores} cores for {world} training process{'es' if world > 1 else ''}: {n} loader workers each, "
+        "the main process keeps one core"
+    )
+    return Choice("recipe.num_workers", max(0, n), why)
+
+
 def batch_for_steps(device: str, steps: int, batch: int) -> Choice | None:
     """A smaller batch when round 1 of a fold would make fewer than :data:`TARGET_STEPS` optimiser steps on a CPU.
 

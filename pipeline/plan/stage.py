@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipeline.config import ModelConfig, Params, from_dict, to_dict
+from pipeline.config import Augment, ModelConfig, Params, from_dict, to_dict
 from pipeline.errors import UserError
 from pipeline.io import safe_join
 from pipeline.paths import Layout, weights_files
@@ -94,15 +95,31 @@ def probe_images(layout: Layout, params: Params, n: int) -> tuple[list[Path], li
     return images, [layout.mask_path(int(i)) for i in rows["image_id"]]
 
 
-def timed(
-    cfg: ModelConfig, name: str, num_classes: int, layout: Layout, params: Params, device: str
+def timed(  # noqa: PLR0913 - the candidate and where it is measured
+    cfg: ModelConfig,
+    name: str,
+    num_classes: int,
+    layout: Layout,
+    params: Params,
+    device: str,
+    augment: Sequence[Any] | None = None,
 ) -> tuple[ModelConfig, StepTiming]:
-    """Measure ``cfg``'s step; on a CUDA out-of-memory, halve the batch (down to 2) and measure again."""
+    """Measure ``cfg``'s step (its loader with ``augment``: what the plan may add); on a CUDA out-of-memory, halve
+    the batch (down to 2) and measure again."""
     while True:
         images, masks = probe_images(layout, params, cfg.recipe.batch_size * 2)
         try:
             return cfg, measure_step(
-                cfg, name, num_classes, images, masks, device, params.plan.probe_steps, cfg.recipe.class_weights
+                cfg,
+                name,
+                num_classes,
+                images,
+                masks,
+                device,
+                params.plan.probe_steps,
+                cfg.recipe.class_weights,
+                augment=augment,
+                scratch=layout.scratch_dir,
             )
         except OutOfMemory:
             if cfg.recipe.batch_size <= rules.MIN_BATCH:
@@ -112,6 +129,15 @@ def timed(
                 ) from None
             half = max(rules.MIN_BATCH, cfg.recipe.batch_size // 2)
             cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, batch_size=half))
+
+
+def probe_augment(cfg: ModelConfig, fp: Fingerprint, params: Params, explicit: Any) -> list[Augment] | None:
+    """The augmentations the probe's loader runs: the most the plan may add (those of a training of
+    ``plan.max_epochs``), so their cost is in the measured step; ``None`` (the config's own) when they are explicit."""
+    if "recipe.augment" in explicit:
+        return None
+    value = rules.choose_augment(fp, cfg.input_size, params.plan.max_epochs).value
+    return [from_dict(Augment, a, "plan: recipe.augment") for a in value]
 
 
 @dataclasses.dataclass
@@ -206,9 +232,13 @@ def size_candidate(
     choices, geometry = plan_choices(
         fp, machine.device, base, base_src, explicit, n_fit, params.plan.weights_dir, batch
     )
+    # one training process per device (folds in parallel, or DDP within a fold) shares the cores
+    choices.append(rules.choose_workers(machine.device, machine.cpu_cores, max(1, machine.device_count)))
     merged, records = merge_choices(base, choices, explicit, src)
     cfg = from_dict(ModelConfig, merged, f"{src} planned on {base_src}")
-    cfg, timing = timed(cfg, cand, num_classes, layout, params, machine.device)
+    cfg, timing = timed(
+        cfg, cand, num_classes, layout, params, machine.device, probe_augment(cfg, fp, params, explicit)
+    )
     work = bud.Work(
         images=fp.images,
         test_images=fp.test_images if params.pseudo.rounds > 0 else 0,
@@ -220,7 +250,12 @@ def size_candidate(
         later_epochs=params.pseudo.epochs,
     )
     costs = bud.Costs(
-        timing.step_seconds, timing.eval_image_seconds, machine.startup_seconds, fp.read_seconds, timing.build_seconds
+        timing.step_seconds,
+        timing.eval_image_seconds,
+        machine.startup_seconds,
+        fp.read_seconds,
+        timing.build_seconds,
+        timing.save_seconds,
     )
     probed = Sized(cand, cfg, [], timing, work, costs, 0, False, geometry, cfg, records)
     return resize(probed, target.folds, fp, params, target)

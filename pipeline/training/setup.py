@@ -90,6 +90,7 @@ def build_loaders(cfg: ModelConfig, split: FoldSplit, storage: Storage, ctx: Con
         num_workers=rec.num_workers,
         drop_last=True,
         persistent_workers=rec.num_workers > 0,
+        pin_memory=ctx.device.type == "cuda",  # page-locked batches: the copy to the device overlaps (non_blocking)
     )
     if len(loader) == 0:
         what = f"{rec.samples_per_epoch} samples" if rec.samples_per_epoch else f"{len(train_ds)} training images"

@@ -270,6 +270,14 @@ def test_budget_arithmetic_by_hand() -> None:
     assert bud.fitting_samples(same, costs, 200, 3) == math.floor((200 - base) / 15) * 8
 
 
+def test_each_epoch_pays_two_checkpoint_writes() -> None:
+    work = bud.Work(images=100, test_images=0, k=5, folds=1, rounds=1, batch_size=8)
+    costs = bud.Costs(step=0.5, eval_image=0.01, startup=4.0, read_image=0.002, build=1.0, save=0.3)
+    # 10 steps * 0.5 + 20 val * 0.01 + last.pt and best.pt (2 * 0.3) = 5.8 s; the fixed part pays no write
+    assert bud.epoch_seconds(work, costs, 1) == pytest.approx(5.8)
+    assert bud.fixed_seconds(work, costs, 1) == pytest.approx(8.4)
+
+
 def dataclasses_replace(work: bud.Work, **kw: object) -> bud.Work:
     import dataclasses
 
