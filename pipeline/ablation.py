@@ -7,7 +7,9 @@ final one (``submissions/ablation/<row>.csv``):
 2. fold ensemble: every round-1 fold of the first model, no TTA;
 3. + TTA: the same, with the TTA set chosen on out-of-fold predictions;
 4. + multi-model: round-1 folds of every model given (weights fitted on OOF), TTA chosen on OOF;
-5. + pseudo-label round: the final ensemble (round 1 + ``pseudo.rounds``), as ``dvc repro`` makes it.
+5. + pseudo-label round: the final ensemble (round 1 + ``pseudo.rounds``);
+6. + post-processing (``infer.postprocess: auto``): the row above with the per-class rules fitted on its OOF, as
+   ``dvc repro`` makes it. Rows 1-5 are scored without post-processing.
 
 Nothing here is tuned on the test truth: every choice (the fold, the TTA set, the weights) is made on OOF, and the
 truth only scores the result. Models of row 4 that are not trained yet are trained here (round 1, every fold).
@@ -106,6 +108,11 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
                 {},
             )
         )
+
+    rows = [(k, label, _with(p, postprocess="none"), extra) for k, label, p, extra in rows]
+    if params.infer.postprocess == "auto":  # the last row again, with the rules fitted on its OOF
+        _, _, last, extra = rows[-1]
+        rows.append(("postprocess", "+ post-processing fitted on OOF", _with(last, postprocess="auto"), extra))
 
     results = []
     for key, label, p, extra in rows:

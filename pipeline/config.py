@@ -299,6 +299,9 @@ class InferParams:
     space: Literal["prob", "logit"] = "prob"  # average probabilities or logits
     weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising the OOF metric
     calibrate: bool = False  # per-model temperature fitted on OOF logits before averaging
+    # auto: per class, a minimum component area and a minimum total area fitted on the ensemble's OOF predictions
+    # (pipeline/postprocess.py; no change is always a candidate); none: the ensemble's argmax as it is
+    postprocess: Literal["none", "auto"] = "auto"
     tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if the OOF metric improves
     # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls
     # back to the config's TTA set and equal weights instead, and metrics/infer.json and the ledger record it

@@ -54,6 +54,7 @@ from pipeline.errors import run_cli
 from pipeline.io import file_digest, write_json
 from pipeline.paths import Layout
 from pipeline.plan.apply import planned_params
+from pipeline.postprocess import apply as apply_postprocess
 from pipeline.predict import iter_logits
 from pipeline.submission.format import SubmissionFormat, submission_format
 from pipeline.submission.ledger import append_ledger
@@ -168,9 +169,10 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
         for idx, logp in batches:
             pred = logp.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) class indices at original size
             for j, i in enumerate(idx.tolist()):
-                writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), pred[j])
+                mask = apply_postprocess(pred[j], plan.postprocess)  # the rules fitted on OOF (none: unchanged)
+                writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), mask)
                 if i < overlay_n:
-                    _write_overlay(layout.overlay_path(Path(tests.file_names[i]).stem), tests.paths[i], pred[j])
+                    _write_overlay(layout.overlay_path(Path(tests.file_names[i]).stem), tests.paths[i], mask)
             bar.update(len(idx))
     writer.finalize(out)
     return len(ds)
@@ -196,6 +198,7 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "lb_score": lb["score"] if lb else "",
         "public_score": "",
         "submission_sha256": file_digest(report["submission"]),  # the row's key with "file": a re-run replaces it
+        "postprocess": report.get("postprocess", {}).get("rules") or "",
     }
 
 

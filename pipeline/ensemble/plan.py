@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import postprocess as pp
 from pipeline.config import Params, TtaConfig
 from pipeline.ensemble.choose import TtaChoice, TtaSearch, resolve_tta, tta_key
 from pipeline.ensemble.data import OofData, oof_data, predict_oof
@@ -37,6 +38,7 @@ class Plan:
     weights: list[float]
     report: dict[str, Any]
     fallback: list[str]
+    postprocess: dict[int, pp.Rule] = dataclasses.field(default_factory=dict)  # class -> (min_area, min_total)
 
 
 def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None) -> Plan:
@@ -119,6 +121,8 @@ class _OofPlanner:
         self._probs: Memo[SpillDict] = Memo(self._predict)
         self._model_mats: Memo[np.ndarray] = Memo(self._model_matrices)
         self._ens_mats: Memo[np.ndarray] = Memo(self._ensemble_matrices)
+        self._pp_stacks: Memo[pp.Stack] = Memo(self._pp_stack)
+        self.grid = pp.Grid.for_pixels(int(np.median([self.truth[i].size for i in self.ids])))
 
     # -- predicted once per key
     def _predict(self, key: tuple[str, Any]) -> dict[str, np.ndarray]:
@@ -129,6 +133,45 @@ class _OofPlanner:
         for i, pr in predict_oof(fwd, self.data, self.rt):
             probs[str(i)] = pr.astype(np.float16)
         return probs
+
+    def _ensemble_preds(self, key: tuple[Any, ...]) -> Any:
+        """(image id, (H, W) argmax of the ensemble ``key``) for every OOF image, streamed."""
+        tks, temps, weights = key
+        per_model = [self._probs((n, tk)) for n, tk in zip(self.names, tks)]
+        for i in self.ids:
+            outs = [pm[i] if t == 1.0 else temper(pm[i], t).astype(np.float16) for pm, t in zip(per_model, temps)]
+            yield i, combine(outs, weights, self.p.space).argmax(0)
+
+    def _pp_stack(self, key: tuple[Any, ...]) -> pp.Stack:
+        """The post-processing search's per-image statistics of the ensemble ``key``."""
+        stats = [
+            pp.image_stats(pred, self.truth[i], self.num_classes, self.grid.areas)
+            for i, pred in self._ensemble_preds(key)
+        ]
+        return pp.Stack(stats, self.grid)
+
+    def postprocess(self, ens: Any) -> tuple[dict[int, pp.Rule], dict[str, Any]]:
+        """Per-class rules fitted on the ensemble's OOF (fold k's on the ensemble chosen without it: cross-fitted as
+        every other choice), with the report's section (the rules, the grid, the figures before) and the figures
+        after, in-sample and cross-fitted."""
+
+        def choose(k: int | None) -> tuple[Any, dict[int, pp.Rule]]:
+            key = ens.choice if k is None else ens.fold_choices[k]
+            where = None if k is None else self.image_folds != k
+            return key, pp.fit(self._pp_stacks(key), self.grid, self.metric, where)[0]
+
+        cf = cross_fit(self.image_folds, choose, lambda c: self._pp_stacks(c[0]).matrices_for(c[1]), self.metric)
+        rules = cf.choice[1]
+        section = {
+            "rules": pp.describe(rules, self.loaded.classes),
+            "grid": {"min_area": list(self.grid.areas), "min_total": list(self.grid.totals)},
+            "before": {"oof_mIoU": ens.in_sample_miou, **ens.figures()},  # the ensemble's argmax, unchanged
+        }
+        print(
+            f"post-processing: {section['rules'] or 'no rule helps'}; {self.metric} in-sample {ens.in_sample:.5f} -> "
+            f"{cf.in_sample:.5f}, cross-fitted {_fmt(ens.cross_fitted)} -> {_fmt(cf.cross_fitted)}"
+        )
+        return rules, {"section": section, "after": {"oof_mIoU": cf.in_sample_miou, **cf.figures()}}
 
     def close(self) -> None:
         """Release the spill files (they have no name on disk; this frees their space now)."""
@@ -145,12 +188,9 @@ class _OofPlanner:
         return cm.image_matrices
 
     def _ensemble_matrices(self, key: tuple[Any, ...]) -> np.ndarray:
-        tks, temps, weights = key
-        per_model = [self._probs((n, tk)) for n, tk in zip(self.names, tks)]
         cm = ConfusionMatrix(self.num_classes, per_image=True)
-        for i in self.ids:
-            outs = [pm[i] if t == 1.0 else temper(pm[i], t).astype(np.float16) for pm, t in zip(per_model, temps)]
-            cm.update(combine(outs, weights, self.p.space).argmax(0), self.truth[i])
+        for i, pred in self._ensemble_preds(key):
+            cm.update(pred, self.truth[i])
         return cm.image_matrices
 
     # -- choices, on every fold (held_out None) or without fold k
@@ -215,10 +255,14 @@ class _OofPlanner:
             f"{report['oof_mIoU']:.5f}; {self.metric} in-sample {ens.in_sample:.5f}, "
             f"cross-fitted {_fmt(ens.cross_fitted)}"
         )
+        rules: dict[int, pp.Rule] = {}
+        if self.p.postprocess == "auto":  # the top-level OOF figures are then the submission's: ensemble + rules
+            rules, figures = self.postprocess(ens)
+            report["postprocess"] = figures["section"]
+            report.update(figures["after"])
         ttas = {n: _tta(tk) for n, tk in zip(self.names, tks)}
-        return Plan(
-            ttas, dict(zip(self.names, temps)) if self.p.calibrate else {}, list(weights), report, self.fallback
-        )
+        temps_used = dict(zip(self.names, temps)) if self.p.calibrate else {}
+        return Plan(ttas, temps_used, list(weights), report, self.fallback, rules)
 
 
 def _tta(tk: Any) -> TtaConfig:

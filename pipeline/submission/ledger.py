@@ -38,6 +38,7 @@ LEDGER_COLUMNS = [
     "fallback",  # what infer.allow_fallback let fall back without OOF (empty: nothing)
     "lb_score",  # the local leaderboard in the competition metric (the column "metric" names it)
     "submission_sha256",  # the submission file's bytes: with "file", the row's key (the same submission: one row)
+    "postprocess",  # the per-class rules fitted on OOF (infer.postprocess), JSON; empty: none
 ]
 KEY_COLUMNS = ("file", "submission_sha256")
 

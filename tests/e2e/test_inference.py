@@ -96,7 +96,11 @@ def test_ensemble_cli_writes_a_valid_submission_report_and_ledger_row(trained: P
     # entry's OOF mIoU scores float16 copies of the chosen set's probabilities: near ties may flip
     assert entry["oof_mIoU"] == pytest.approx(kept[-1]["oof_mIoU"], abs=5e-3)
     assert report["weights"] == {p.model: 1.0}
-    assert report["oof_mIoU"] == pytest.approx(entry["oof_mIoU"], abs=1e-9)  # one model config: no weighting
+    before = report["postprocess"]["before"]  # the ensemble's argmax; the top-level figures add the rules
+    assert before["oof_mIoU"] == pytest.approx(entry["oof_mIoU"], abs=1e-9)  # one model config: no weighting
+    assert report["oof_in_sample"] >= before["oof_in_sample"]  # no rule is a candidate: never worse where fitted
+    if not report["postprocess"]["rules"]:
+        assert report["oof_in_sample"] == pytest.approx(before["oof_in_sample"], abs=1e-12)
     assert report["test_images"] == len(shapes)
     lb = read_json(p.layout.leaderboard_json)
     assert 0 <= lb["mIoU"] <= 1 and report["leaderboard"]["mIoU"] == lb["mIoU"]
@@ -326,7 +330,9 @@ def test_ablation_scores_each_step_as_a_real_submission(trained: Project) -> Non
     p = trained
     params = dataclasses.replace(p.params, pseudo=dataclasses.replace(p.params.pseudo, rounds=0))
     rows = run_ablation(params, p.layout, extra_models=["tiny_second"])
-    assert [r["row"] for r in rows] == ["single", "folds", "tta", "multi"]
+    assert [r["row"] for r in rows] == ["single", "folds", "tta", "multi", "postprocess"]
+    # the last row is the multi-model one with its rules: never worse on the OOF images they are fitted on
+    assert rows[4]["weights"] == rows[3]["weights"] and rows[4]["oof_in_sample"] >= rows[3]["oof_in_sample"]
     # the second model was trained here (round 1, both folds) for the multi-model row
     assert all(p.layout.oof_path("tiny_second", f).is_file() for f in params.train.folds)
     fold, val = best_fold(p.layout, p.model, params.train.folds)

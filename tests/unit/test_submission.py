@@ -473,8 +473,8 @@ def test_ledger_creates_then_appends(tmp_path: Path) -> None:
     append_ledger(ledger, {"file": "b.csv", "git_commit": "abc123", "lb_miou": np.float32(0.5)})
     rows = _read_ledger(ledger)
     assert rows[0] == LEDGER_COLUMNS
-    # the last six: metric, oof_in_sample, oof_cross_fitted, fallback, lb_score, submission_sha256
-    assert rows[1] == ["a.csv", "t1", "", '["unet","fpn"]', "[0,1]", "True", '{"unet":0.5}', "0.71", "", ""] + [""] * 6
+    # the last seven: metric, oof_in_sample, oof_cross_fitted, fallback, lb_score, submission_sha256, postprocess
+    assert rows[1] == ["a.csv", "t1", "", '["unet","fpn"]', "[0,1]", "True", '{"unet":0.5}', "0.71", "", ""] + [""] * 7
     assert rows[2][0] == "b.csv" and rows[2][2] == "abc123" and rows[2][8] == "0.5" and rows[2][9] == ""
     assert rows[2][1].endswith("+00:00")  # time defaults to now, UTC
     assert [p.name for p in ledger.parent.iterdir()] == ["ledger.csv"]
@@ -542,5 +542,6 @@ def test_a_ledger_from_before_the_last_columns_gets_them(tmp_path: Path) -> None
     append_ledger(ledger, {"file": "a.csv", "time": "t2", "submission_sha256": "ab" * 32})
     rows = _read_ledger(ledger)
     assert rows[0] == LEDGER_COLUMNS and len(rows) == 3  # the old row had no digest: never the same submission
-    assert rows[1] == ["a.csv", "t"] + [""] * (len(old) - 3) + ["0.5", ""]
-    assert rows[2][0] == "a.csv" and rows[2][-1] == "ab" * 32
+    added = len(LEDGER_COLUMNS) - len(old)  # submission_sha256 and the columns after it
+    assert rows[1] == ["a.csv", "t"] + [""] * (len(old) - 3) + ["0.5"] + [""] * added
+    assert rows[2][0] == "a.csv" and rows[2][LEDGER_COLUMNS.index("submission_sha256")] == "ab" * 32
