@@ -264,3 +264,30 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def reference_apply(pred: np.ndarray, rules: dict[int, tuple[int, int]]) -> np.ndarray:
+    """Post-processing rules ``{class: (min_area, min_total)}`` written independently of pipeline.postprocess:
+    scipy.ndimage's 8-connected labelling and per-component sizes."""
+    from scipy import ndimage
+
+    out = pred.copy()
+    for c, (min_area, min_total) in rules.items():
+        mask = pred == c
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), int))
+        for j in range(1, n + 1):
+            comp = labels == j
+            if comp.sum() < min_area:
+                out[comp] = 0
+        left = (out == c) & mask
+        if 0 < left.sum() < min_total:
+            out[left] = 0
+    return out
+
+
+def reference_postprocess(
+    pred: np.ndarray, by_name: dict[str, dict[str, int]], classes: list[dict[str, Any]]
+) -> np.ndarray:
+    """:func:`reference_apply` with the rules as metrics/infer.json names them: ``{name: {min_area, min_total}}``."""
+    index = {c["name"]: int(c["index"]) for c in classes}
+    return reference_apply(pred, {index[n]: (r["min_area"], r["min_total"]) for n, r in by_name.items()})

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import reference_postprocess
 
 from pipeline import infer, rle
 from pipeline.ablation import ablation_markdown, best_fold, run_ablation
@@ -119,7 +120,8 @@ def test_ensemble_cli_writes_a_valid_submission_report_and_ledger_row(trained: P
     assert float(row["oof_cross_fitted"]) == pytest.approx(report["oof_cross_fitted"])
     assert set(report["cross_fitted_choices"]) == {"0", "1"}
     if all(c["tta"][p.model] == entry["tta"] for c in report["cross_fitted_choices"].values()):
-        assert report["oof_cross_fitted"] == pytest.approx(report["oof_in_sample"], abs=1e-12)  # same choice
+        # the same ensemble on every fold: the ensemble's own figures agree (the rules, fitted per fold, may not)
+        assert before["oof_cross_fitted"] == pytest.approx(before["oof_in_sample"], abs=1e-12)
     assert float(row["lb_miou"]) == pytest.approx(lb["mIoU"])
     assert row["tta"] == f"{p.model}: {entry['tta']}" and row["public_score"] == ""
     first = [Path(im["file_name"]).stem for im in read_json(comp / "test.json")["images"][: p.params.infer.overlays]]
@@ -157,12 +159,12 @@ def test_tta_none_on_a_folder_of_images(trained: Project, tmp_path: Path, monkey
     assert list(sub.columns) == ["id", "class", "predicted"] and len(sub) == 3 * (NUM_CLASSES - 1)
     assert sorted(sub.groupby("id").size().tolist()) == [NUM_CLASSES - 1] * 3
 
-    # the predictions are the argmax of the two fold models' mean probabilities (no TTA)
+    # the predictions are the argmax of the two fold models' mean probabilities (no TTA), with the rules fitted on OOF
     runs = dict(zip(zip(sub["id"], sub["class"]), sub["predicted"]))  # (id, class) -> RLE text
     order = sorted(folder.rglob("*.png"))  # test_set's order: sorted paths
     for image_id, path in enumerate(order, start=1):
         probs = np.mean([fold_probs(p, f, path) for f in p.params.train.folds], axis=0)
-        expected = probs.argmax(0)
+        expected = reference_postprocess(probs.argmax(0), report["postprocess"]["rules"], classes)
         got = np.zeros((64, 84), np.int64)
         for c in classes[1:]:
             got[rle.decode(str(runs[(str(image_id), c["name"])]), (64, 84), PER_CLASS.rle)] = c["index"]
@@ -211,6 +213,7 @@ def test_sliding_window_on_images_larger_and_smaller_than_the_tile(
     for image_id, (name, (h, w)) in enumerate(sorted(shapes.items()), start=1):
         with torch.no_grad():
             expected = window(normalize(torch.from_numpy(read_image(folder / name))[None]))[0].argmax(0).numpy()
+        expected = reference_postprocess(expected, report["postprocess"]["rules"], classes)
         got = np.zeros((h, w), np.int64)
         for c in classes[1:]:
             got[rle.decode(str(runs[(str(image_id), c["name"])]), (h, w), PER_CLASS.rle)] = c["index"]

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers import reference_apply
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import ndimage
 
 from pipeline.metrics import confusion_matrix, score_matrices
 from pipeline.postprocess import Grid, Stack, apply, fit, image_stats
 
 C = 4
-EIGHT = np.ones((3, 3), int)  # 8-connectivity
-
-
-def reference_apply(pred: np.ndarray, rules: dict[int, tuple[int, int]]) -> np.ndarray:
-    """The rules written independently: scipy.ndimage.label and per-component sizes."""
-    out = pred.copy()
-    for c, (min_area, min_total) in rules.items():
-        mask = pred == c
-        labels, n = ndimage.label(mask, structure=EIGHT)
-        for j in range(1, n + 1):
-            comp = labels == j
-            if comp.sum() < min_area:
-                out[comp] = 0
-        left = (out == c) & mask
-        if 0 < left.sum() < min_total:
-            out[left] = 0
-    return out
 
 
 maps = st.integers(0, 2**32 - 1).map(
