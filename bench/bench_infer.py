@@ -32,6 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
+from rss import reset_peak_rss, rss_mib  # noqa: E402  (bench/ is the script's folder, first on sys.path)
+
 from pipeline.config import DemoParams, TtaConfig, load_model_config  # noqa: E402
 from pipeline.data.dataset import SegDataset  # noqa: E402
 from pipeline.data.demo import generate_demo  # noqa: E402
@@ -45,19 +47,6 @@ from pipeline.tta import describe, tta_transforms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TTA = TtaConfig(flips=["hflip", "vflip"])
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    """This process's resident set size (``VmRSS``) or its peak (``VmHWM``) in MiB, from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    return kib / 1024
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (``VmHWM``, which ``getrusage`` also reports) again from the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 @torch.no_grad()

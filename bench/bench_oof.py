@@ -32,6 +32,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
+from rss import reset_peak_rss, rss_mib  # noqa: E402  (bench/ is the script's folder, first on sys.path)
+
 from pipeline.config import (  # noqa: E402
     DataParams,
     DemoParams,
@@ -50,19 +52,6 @@ from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.paths import Layout  # noqa: E402
 
 MODEL, FOLDS = "cnn_default", (0, 1)
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    """This process's resident set size (``VmRSS``) or its peak (``VmHWM``) in MiB, from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    return kib / 1024
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (``VmHWM``) again from the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def project_params(root: Path) -> Params:

@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
+from rss import reset_peak_rss, rss_mib  # noqa: E402  (bench/ is the script's folder, first on sys.path)
+
 from pipeline.config import load_model_config  # noqa: E402
 from pipeline.data.dataset import normalize  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
@@ -39,19 +41,6 @@ from pipeline.sliding import SlidingWindow, tile_boxes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 11  # the embedded default: background + 10 digits
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    """This process's resident set size (``VmRSS``) or its peak (``VmHWM``) in MiB, from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    return kib / 1024
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (``VmHWM``, which ``getrusage`` also reports) again from the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 @torch.no_grad()
