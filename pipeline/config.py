@@ -353,6 +353,9 @@ class PlanParams:
     # optimiser steps a fold's round 1 must make before the plan trains another fold of train.folds: a budget too
     # small for every fold to reach them trains fewer, longer (at least one); 0: every fold in train.folds
     fold_steps: int = 3000
+    # true: set recipe.budget_seconds with the epochs the plan sizes (training re-sizes them to end on it); off
+    # by default until full-budget runs measure it
+    hold_budget: bool = False
 
     def __post_init__(self) -> None:
         if self.fold_steps < 0:
@@ -409,6 +412,10 @@ class Recipe:
     """How a model trains. An epoch is one pass over the fold's training images, or ``samples_per_epoch`` crops."""
 
     epochs: int = 20
+    # seconds the run's epochs (training, validation, checkpoints) may take: after each epoch the epochs are re-sized
+    # to end on it, between the epochs done and 2 x epochs (pipeline/training/timebox.py); null: epochs as set.
+    # The plan sets it with the epochs it sizes; round 2+ and train.epochs clear it
+    budget_seconds: float | None = None
     # samples (crops of input_size, images drawn with replacement) per epoch; null: one pass over the files.
     # A competition of a few large images needs it: 16 tiles of 1024x1024 give no batch of 32 otherwise
     samples_per_epoch: int | None = None
@@ -433,6 +440,9 @@ class Recipe:
     loss: list[LossTerm] = dataclasses.field(default_factory=lambda: [LossTerm("ce", 1.0)])
     class_weights: list[float] | None = None  # cross-entropy class weights, one per class
     augment: list[Augment] = dataclasses.field(default_factory=list)
+    # share of training samples that get another sample's labelled foreground pasted over them (copy-paste,
+    # pipeline/data/paste.py); 0: off
+    paste: float = 0.0
     num_workers: int = 0
     seed: int = 0
 
@@ -441,6 +451,10 @@ class Recipe:
             raise UserError(f"recipe.samples_per_epoch must be 1 or more (or null), got {self.samples_per_epoch}")
         if not 0.0 <= self.foreground_share <= 1.0:
             raise UserError(f"recipe.foreground_share must be in [0, 1], got {self.foreground_share}")
+        if self.budget_seconds is not None and not self.budget_seconds > 0:
+            raise UserError(f"recipe.budget_seconds must be above 0 (or null), got {self.budget_seconds}")
+        if not 0.0 <= self.paste <= 1.0:
+            raise UserError(f"recipe.paste must be in [0, 1], got {self.paste}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,12 @@ class Dist:
             t /= self.world
         return t
 
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``t`` on every process, in place (unchanged in a single process)."""
+        if self.world > 1:
+            dist.broadcast(t, src=0)
+        return t
+
     def barrier(self) -> None:
         """Wait for every process (nothing to wait for in a single process)."""
         if self.world > 1:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import yaml
 
 from pipeline.closure import PROJECT_ROOT, closure_digest
@@ -48,11 +49,12 @@ from pipeline.io import read_json, safe_join, write_csv, write_text
 from pipeline.paths import Layout
 from pipeline.rounds import LOG_COLUMNS, pseudo_set, skip_training_round, training_round_runs
 from pipeline.training.checkpoint import Checkpoints, TrainState, fingerprint, seed_epoch
-from pipeline.training.context import RunId, make_context
+from pipeline.training.context import Context, RunId, make_context
 from pipeline.training.epoch import evaluate, train_one_epoch
 from pipeline.training.finish import finish_fold
 from pipeline.training.recipe import round_config, run_config
-from pipeline.training.setup import build_loaders, build_optimisation
+from pipeline.training.setup import Loaders, Optimisation, build_loaders, build_optimisation
+from pipeline.training.timebox import Timebox
 
 __all__ = ["LOG_COLUMNS", "TRAIN_ENTRY", "FoldSplit", "fold_split", "pseudo_pairs", "train_fold", "train_round"]
 
@@ -145,11 +147,13 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         # must write it again from the checkpoint's history, or the stage fails for a missing output
         write_curves(run, state)
 
-    for epoch in range(state.epoch, rec.epochs):
-        t0 = time.time()
+    timebox = Timebox(rec.budget_seconds, rec.epochs, [r["seconds"] for r in state.history])
+    epochs, save_seconds = state.epochs or rec.epochs, 0.0
+    while state.epoch < epochs:
+        epoch, t0 = state.epoch, time.time()
         seed_epoch(rec.seed, epoch)
         loaders.set_epoch(rec.seed, epoch)
-        desc = f"{model_name} f{fold} r{round_} ep {epoch + 1}/{rec.epochs}"
+        desc = f"{model_name} f{fold} r{round_} ep {epoch + 1}/{epochs}"
         train_loss, images, skipped = train_one_epoch(opt, loaders.train, ctx, state, guard, desc)
         train_img_s = images / max(1e-9, time.time() - t0)  # training only, not validation
         with guard.step(epoch + 1, "validation"):
@@ -157,13 +161,16 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         # never an epoch with non-finite weights or score as the best (best.pt never holds NaN)
         fit = functools.partial(guard.can_be_best, model=opt.eval_model, epoch=epoch + 1)
         best = state.end_epoch(val, train_loss, opt.lr, train_img_s, time.time() - t0, skipped, fit)
+        epochs = resize_epochs(timebox, state, time.time() - t0 + save_seconds, opt, loaders, ctx, run.title)
         if ctx.ddp.main:
             print(
-                f"{run.title} epoch {epoch + 1}/{rec.epochs}: loss {train_loss:.4f} val mIoU {val['mIoU']:.4f} "
+                f"{run.title} epoch {epoch + 1}/{epochs}: loss {train_loss:.4f} val mIoU {val['mIoU']:.4f} "
                 f"mBIoU {val['mBIoU']:.4f} aAcc {val['aAcc']:.4f} ({state.history[-1]['seconds']:.1f}s)"
             )
             write_curves(run, state)
+            t_save = time.time()
             checkpoints.save(opt, state, val, best)
+            save_seconds = time.time() - t_save  # counted in the next epoch's cost (this one is decided)
     if state.best_epoch < 0:
         raise guard.no_best()
 
@@ -172,6 +179,28 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         result = finish_fold(loaders.val, split.val_ids, cfg, state.history, ctx) if ctx.ddp.main else {}
     ctx.ddp.barrier()
     return result
+
+
+def resize_epochs(
+    timebox: Timebox, state: TrainState, cost: float, opt: Optimisation, loaders: Loaders, ctx: Context, title: str
+) -> int:
+    """After an epoch that cost ``cost`` seconds: the run's epochs re-sized to ``recipe.budget_seconds``
+    (:mod:`pipeline.training.timebox`; every process takes rank 0's count), the schedule stretched to them."""
+    state.seconds += cost
+    timebox.costs.append(cost)
+    before = state.epochs or timebox.planned
+    epochs = timebox.epochs(state.epoch, state.seconds)
+    if ctx.ddp.world > 1:  # one count for every process, or they would wait on each other at the end
+        epochs = int(ctx.ddp.broadcast(torch.tensor([float(epochs)], device=ctx.device)).item())
+    if epochs != before:
+        opt.set_total_steps(epochs * loaders.steps_per_epoch)
+        if ctx.ddp.main:
+            print(
+                f"{title}: {epochs} epochs instead of {before} to end on recipe.budget_seconds "
+                f"({timebox.budget:.0f} s; {state.seconds:.0f} s spent, {timebox.costs[-1]:.1f} s the last epoch)"
+            )
+    state.epochs = epochs
+    return epochs
 
 
 def write_curves(run: RunId, state: TrainState) -> None:

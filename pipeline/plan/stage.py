@@ -198,6 +198,14 @@ def size_epochs(
         why = f"over budget: not even plan.min_epochs ({pp.min_epochs}) fit {seconds / 60:.1f} min"
     records.append(record("recipe.epochs", e, "plan", why))
     cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=e))
+    if pp.hold_budget and pp.min_epochs <= fit <= pp.max_epochs and "recipe.budget_seconds" not in explicit:
+        held = round(e * bud.epoch_seconds(work, costs, 1), 1)
+        why = (
+            f"the {e} epochs' predicted seconds a fold: after each epoch the run's epochs are re-sized to end on it "
+            "(plan.hold_budget)"
+        )
+        records.append(record("recipe.budget_seconds", held, "plan", why))
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, budget_seconds=held))
     return cfg, work, e, fits
 
 

@@ -103,6 +103,8 @@ class TrainState:
     best: float = -1.0  # the best epoch's validation score (the competition metric)
     best_epoch: int = -1
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # rows of rounds.LOG_COLUMNS
+    epochs: int | None = None  # the run's epochs as re-sized to recipe.budget_seconds (None: recipe.epochs)
+    seconds: float = 0.0  # whole seconds of the epochs done (training, validation, checkpoints)
 
     def end_epoch(
         self,
@@ -161,6 +163,8 @@ class Checkpoints:
             "best_miou": state.best,  # the best score in the competition metric, whatever its name
             "best_epoch": state.best_epoch,
             "history": state.history,
+            "epochs": state.epochs,
+            "seconds": state.seconds,
             "fingerprint": self.fingerprint,
             "config": to_dict(self.cfg),
             "classes": self.classes,
@@ -185,7 +189,15 @@ class Checkpoints:
             return TrainState()
         opt.load_state_dict(ck)
         set_rng_state(ck["rng"])
-        state = TrainState(ck["epoch"], ck["step"], ck["best_miou"], ck["best_epoch"], list(ck["history"]))
+        state = TrainState(
+            ck["epoch"],
+            ck["step"],
+            ck["best_miou"],
+            ck["best_epoch"],
+            list(ck["history"]),
+            ck.get("epochs"),
+            float(ck.get("seconds", 0.0)),
+        )
         if main:
             print(f"resuming {self.run.title} after epoch {state.epoch}")
         return state

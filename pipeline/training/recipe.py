@@ -18,21 +18,23 @@ from pipeline.config import ModelConfig, Params, TrainParams
 
 
 def run_config(cfg: ModelConfig, train: TrainParams) -> ModelConfig:
-    """``cfg`` with ``train.epochs`` (when set) and its seed offset by ``train.seed``."""
-    if train.epochs is not None:
-        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=train.epochs))
+    """``cfg`` with ``train.epochs`` (when set; it clears ``recipe.budget_seconds``) and its seed offset by
+    ``train.seed``."""
+    if train.epochs is not None:  # an explicit count: no re-sizing to a budget
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=train.epochs, budget_seconds=None))
     if train.seed:
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + train.seed))
     return cfg
 
 
 def round_config(cfg: ModelConfig, params: Params) -> tuple[ModelConfig, TrainParams]:
-    """The model config and train params of a round 2+ run: ``pseudo.epochs`` and ``recipe.lr x pseudo.lr_scale``.
+    """The model config and train params of a round 2+ run: ``pseudo.epochs`` and ``recipe.lr x pseudo.lr_scale``,
+    no ``recipe.budget_seconds`` (round 1's).
 
     ``train.epochs`` is cleared when ``pseudo.epochs`` is set: it would otherwise replace the round's epochs again.
     """
     ps = params.pseudo
-    recipe = cfg.recipe
+    recipe = dataclasses.replace(cfg.recipe, budget_seconds=None)  # the budget was round 1's
     if ps.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=ps.epochs)
     if ps.lr_scale != 1.0:

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from pipeline.config import ModelConfig
 from pipeline.data.cache import Storage
 from pipeline.data.dataset import SegDataset, build_transform
 from pipeline.data.folds import FoldSplit
+from pipeline.data.paste import PastedDataset, PasteSampler
 from pipeline.data.sampling import CropSampler, foreground_points
 from pipeline.errors import UserError
 from pipeline.io import load_torch
@@ -55,6 +56,17 @@ class Loaders:
 
 
 def training_data(
+    cfg: ModelConfig, split: FoldSplit, transform: Any, storage: Storage, ctx: Context
+) -> tuple[Dataset, Sampler[Any] | None]:
+    """The training dataset and its sampler (:func:`sampled_data`), both wrapped for copy-paste
+    (:mod:`pipeline.data.paste`) when ``recipe.paste`` is on."""
+    train_ds, sampler = sampled_data(cfg, split, transform, storage, ctx)
+    if cfg.recipe.paste == 0.0:
+        return train_ds, sampler
+    return PastedDataset(train_ds), PasteSampler(sampler, len(train_ds), cfg.recipe.paste, cfg.recipe.seed)
+
+
+def sampled_data(
     cfg: ModelConfig, split: FoldSplit, transform: Any, storage: Storage, ctx: Context
 ) -> tuple[SegDataset, Sampler[Any] | None]:
     """The training dataset and its sampler: ``None`` (the loader shuffles one pass, as always) unless the recipe
@@ -110,6 +122,19 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 @dataclasses.dataclass
+class Schedule:
+    """:func:`lr_factor` as the object LambdaLR calls: its fields are in the scheduler's state_dict, so a run whose
+    ``total`` was re-sized (:mod:`pipeline.training.timebox`) resumes on the same schedule."""
+
+    total: int
+    warmup: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.total, self.warmup, self.min_ratio)
+
+
+@dataclasses.dataclass
 class Optimisation:
     """The model and what optimises it: the network that steps (DDP- and compile-wrapped), AdamW, the per-step
     schedule, the fp16 gradient scaler, the EMA of the weights and the loss."""
@@ -131,6 +156,11 @@ class Optimisation:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[-1]["lr"]
+
+    def set_total_steps(self, total: int) -> None:
+        """Stretch or shrink the schedule so that it ends at step ``total``; the next step's rate follows it."""
+        for schedule in self.scheduler.lr_lambdas:  # type: ignore[attr-defined]
+            schedule.total = total
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
         """The training loss of a batch: the forward pass under ``autocast`` (:meth:`Context.autocast`), then the
@@ -198,9 +228,7 @@ def build_optimisation(
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, rec.lr, rec.weight_decay, rec.layer_decay), lr=rec.lr)
     total_steps, warmup = steps_per_epoch * rec.epochs, int(round(rec.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, rec.min_lr_ratio)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(total_steps, warmup, rec.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and rec.amp == "fp16")
     ema = None
     if rec.ema is not None:

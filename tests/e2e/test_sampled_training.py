@@ -85,12 +85,28 @@ class Interrupted(Exception):
     pass
 
 
+def interrupted_run(monkeypatch: pytest.MonkeyPatch, at_call: int, run: Any) -> None:
+    """``run()`` stopped by :class:`Interrupted` at the ``at_call``-th loss evaluation, then the loss restored."""
+    import pipeline.losses as losses
+
+    forward, calls = losses.WeightedLoss.forward, [0]
+
+    def stop(self: Any, *args: Any) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == at_call:
+            raise Interrupted
+        return forward(self, *args)
+
+    monkeypatch.setattr(losses.WeightedLoss, "forward", stop)
+    with pytest.raises(Interrupted):
+        run()
+    monkeypatch.setattr(losses.WeightedLoss, "forward", forward)
+
+
 def test_a_resumed_sampled_run_matches_an_uninterrupted_one(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopped after one optimizer step of epoch 2 and run again, the losses and scores repeat those of a run
     that never stopped: the crops of epoch 2 are drawn from (seed, 2) again, not from where the RNG was."""
     from e2e.test_training import RESUME_ATOL
-
-    import pipeline.losses as losses
 
     p = project
     cfg = crop_config(samples_per_epoch=40, foreground_share=0.33)
@@ -98,18 +114,10 @@ def test_a_resumed_sampled_run_matches_an_uninterrupted_one(project: Project, mo
     spe = 40 // 8
     train_fold(cfg, "tiny_crops_ref", 0, p.layout, p.data, train, progress=False)
 
-    forward, calls = losses.WeightedLoss.forward, [0]
-
-    def stop_in_epoch_2(self: Any, *args: Any) -> torch.Tensor:
-        calls[0] += 1
-        if calls[0] == spe + 2:  # epoch 1 checkpointed, one step of epoch 2 taken
-            raise Interrupted
-        return forward(self, *args)
-
-    monkeypatch.setattr(losses.WeightedLoss, "forward", stop_in_epoch_2)
-    with pytest.raises(Interrupted):
-        train_fold(cfg, "tiny_crops", 0, p.layout, p.data, train, progress=False)
-    monkeypatch.setattr(losses.WeightedLoss, "forward", forward)
+    # epoch 1 checkpointed, one step of epoch 2 taken
+    interrupted_run(
+        monkeypatch, spe + 2, lambda: train_fold(cfg, "tiny_crops", 0, p.layout, p.data, train, progress=False)
+    )
     assert torch.load(p.layout.checkpoint("tiny_crops", 0, which="last"), weights_only=True)["epoch"] == 1
 
     torch.manual_seed(123)  # whatever the process RNG holds now must not matter
