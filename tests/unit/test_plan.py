@@ -504,3 +504,32 @@ def test_make_plan_on_a_tiny_competition(tmp_path: Path) -> None:
     every = make_plan(from_dict(Params, raw, "test"), layout, raw)
     assert every["folds"]["trained"] == [0, 1, 2] and "plan.fold_steps is 0" in every["folds"]["why"]
     assert every["budget"]["per_model"]["auto"]["rounds"]["round1"]["folds"] == 3
+
+
+def test_holding_the_budget_writes_the_planned_epochs_seconds() -> None:
+    from pipeline.plan.stage import size_epochs
+
+    work = bud.Work(images=100, test_images=0, k=5, folds=1, rounds=1, batch_size=8)
+    costs = bud.Costs(step=0.5, eval_image=0.01, startup=4.0, read_image=0.002, build=1.0)
+    cfg = load_model_config(REPO / "configs" / "models" / "cnn_default.yaml")
+    # an epoch: 10 steps x 0.5 + 20 val x 0.01 = 5.2 s; fixed 8.4 s; 60 s fit floor((60 - 8.4) / 5.2) = 9 epochs
+    held = from_dict(Params, {"plan": {"hold_budget": True}}, "test")
+    records: list[dict] = []
+    out, _, e, fits = size_epochs(cfg, work, costs, 60.0, held, {}, None, records)
+    assert (e, fits) == (9, True)
+    assert out.recipe.epochs == 9 and out.recipe.budget_seconds == pytest.approx(9 * 5.2, abs=0.05)
+    assert [r["key"] for r in records] == ["recipe.epochs", "recipe.budget_seconds"]
+    assert "plan.hold_budget" in records[1]["why"]
+    # off (the default): the epochs only
+    records = []
+    out, _, e, _ = size_epochs(cfg, work, costs, 60.0, from_dict(Params, {}, "test"), {}, None, records)
+    assert e == 9 and out.recipe.budget_seconds is None and [r["key"] for r in records] == ["recipe.epochs"]
+    # epochs set explicitly (train.epochs or the config): nothing is held, the user's count stands
+    records = []
+    out, _, e, _ = size_epochs(cfg, work, costs, 60.0, held, {}, 4, records)
+    assert e == 4 and out.recipe.budget_seconds is None
+    # capped at plan.max_epochs: the budget is not what bounds the run, so it is not held
+    capped = from_dict(Params, {"plan": {"hold_budget": True, "max_epochs": 5}}, "test")
+    records = []
+    out, _, e, _ = size_epochs(cfg, work, costs, 60.0, capped, {}, None, records)
+    assert e == 5 and out.recipe.budget_seconds is None
