@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.plan.augment import choose_augmentations
+from pipeline.plan.augment import choose_augmentations, choose_paste
 from pipeline.plan.fingerprint import ClassStats, Fingerprint
 
 # Largest image side a model sees whole, per device: beyond it, random crops (or a resize, for large objects).
@@ -299,6 +299,12 @@ def choose_augment(fp: Fingerprint, input_size: Sequence[int], epochs: int) -> C
     """Flips and quarter turns the masks are closed under; scale and colour for long trainings (:mod:`.augment`)."""
     augs, why = choose_augmentations(fp, input_size, epochs)
     return Choice("recipe.augment", augs, why)
+
+
+def choose_copy_paste(fp: Fingerprint, epochs: int) -> Choice:
+    """Copy-paste for long trainings on data made of objects on a background (:func:`.augment.choose_paste`)."""
+    share, why = choose_paste(fp, epochs)
+    return Choice("recipe.paste", share, why)
 
 
 def fixed_size_multiple(cfg: Mapping[str, Any]) -> int:

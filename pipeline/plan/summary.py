@@ -29,6 +29,8 @@ def model_summary(name: str, entry: dict[str, Any], rounds: dict[str, Any]) -> s
         parts.append("class weights")
     if rec.get("augment"):
         parts.append("aug " + "+".join(a.get("name", "?") for a in rec["augment"]))
+    if rec.get("paste"):
+        parts.append(f"paste {rec['paste']:g}")
     parts.append(f"pretrained {cfg['pretrained']}" if cfg.get("pretrained") else "from scratch")
     return ", ".join(p for p in parts if p)
 

