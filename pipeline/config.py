@@ -466,11 +466,14 @@ class TtaConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """One model: an SMP decoder on a timm encoder, its input size and its training recipe."""
+    """One model: an SMP decoder on a timm encoder (or U²-Net), its input size and its training recipe."""
 
-    decoder: str  # SMP architecture: Unet, FPN, DeepLabV3Plus, UPerNet, Segformer, ...
-    encoder: str  # timm model name, e.g. resnet18, convnext_tiny, swin_tiny_patch4_window7_224, beit_base_patch16_224
-    adapter: Literal["smp", "vit_pyramid"] = "smp"  # vit_pyramid: plain ViT tokens -> 4-level simple feature pyramid
+    decoder: str  # SMP architecture: Unet, FPN, DeepLabV3Plus, UPerNet, Segformer, ... (adapter u2net: U2Net)
+    # timm model name, e.g. resnet18, convnext_tiny, swin_tiny_patch4_window7_224, beit_base_patch16_224 (adapter
+    # u2net: the variant, u2net or the small u2netp)
+    encoder: str
+    # vit_pyramid: plain ViT tokens -> 4-level simple feature pyramid; u2net: U²-Net (pipeline/models/u2net.py)
+    adapter: Literal["smp", "vit_pyramid", "u2net"] = "smp"
     encoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to timm.create_model
     encoder_depth: int = 5
     decoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the SMP decoder

@@ -31,7 +31,11 @@ def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Modul
 
 
 class WeightedLoss(nn.Module):
-    """sum_i weight_i * loss_i(logits (B, C, H, W) float, target (B, H, W) int64 with 255 = ignore)."""
+    """sum_i weight_i * loss_i(logits (B, C, H, W) float, target (B, H, W) int64 with 255 = ignore).
+
+    Deep supervision: a tuple of logits (a network in training that returns its output, then its side outputs, as
+    U²-Net does: :mod:`pipeline.models.u2net`) gets the sum of that loss over its members, with equal weights.
+    """
 
     def __init__(self, terms: Sequence[LossTerm], class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -40,6 +44,8 @@ class WeightedLoss(nn.Module):
         self.weights = [t.weight for t in terms]
         self.terms = nn.ModuleList(make_term(t, class_weights) for t in terms)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, tuple):  # deep supervision: the output and each side output, equal weights
+            return sum(self.forward(z, target) for z in logits)  # type: ignore[return-value]
         logits = logits.float()  # losses in float32 even under autocast
         return sum(w * term(logits, target) for w, term in zip(self.weights, self.terms))  # type: ignore[return-value]

@@ -7,9 +7,11 @@ explicitly, with :func:`register_adapter` (no import side effects elsewhere deci
   that timm can build with ``features_only`` (ResNet, ConvNeXt, Swin, EfficientNet, ...).
 * ``vit_pyramid``: a plain ViT/BEiT timm encoder, a simple feature pyramid and SMP's UPerNet decoder
   (:mod:`pipeline.models.vit_pyramid`).
+* ``u2net``: U²-Net, nested residual U-blocks with deep supervision, from scratch (:mod:`pipeline.models.u2net`).
 
 Every network is wrapped by :class:`PadCropWrapper`, the one place that pads the input to the stride and crops the
-logits back, so any H, W works.
+logits back, so any H, W works. A network may return a tuple of logits in training (deep supervision: its output,
+then its side outputs; :class:`pipeline.losses.WeightedLoss` sums over them); the wrappers treat each member alike.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from pipeline.models.pretrained import (
     read_state_dict,
     resolve_pretrained,
 )
+from pipeline.models.u2net import STRIDE as U2NET_STRIDE
+from pipeline.models.u2net import build_u2net
 from pipeline.models.vit_pyramid import ViTPyramidSegmenter
 
 AdapterFn = Callable[[ModelConfig, int], tuple[nn.Module, int]]  # (cfg, num_classes) -> (network, stride)
+Logits = torch.Tensor | tuple[torch.Tensor, ...]  # (B, C, H, W), or (output, *side outputs) of a deep-supervised net
 
 _ADAPTERS: dict[str, AdapterFn] = {}
 
@@ -69,6 +74,11 @@ def list_adapters() -> list[str]:
 def list_decoders() -> list[str]:
     """SMP architecture names valid for ``ModelConfig.decoder`` with adapter ``smp`` (case-insensitive)."""
     return [cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()]
+
+
+def map_logits(out: Logits, fn: Callable[[torch.Tensor], torch.Tensor]) -> Logits:
+    """``fn`` of the logits, or of each member of a deep-supervision tuple."""
+    return tuple(fn(z) for z in out) if isinstance(out, tuple) else fn(out)
 
 
 class PadCropWrapper(nn.Module):
@@ -107,13 +117,13 @@ class PadCropWrapper(nn.Module):
         s = self.stride
         return -(-height // s) * s, -(-width // s) * s
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float -> logits (B, num_classes, H, W)."""
+    def forward(self, x: torch.Tensor) -> Logits:
+        """(B, C, H, W) float -> logits (B, num_classes, H, W); a deep-supervised net in training: a tuple of them."""
         h, w = x.shape[-2:]
         ph, pw = self.padded_size(h, w)
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h), mode=self.pad_mode)
-        return self.net(x)[..., :h, :w]
+        return map_logits(self.net(x), lambda z: z[..., :h, :w])
 
 
 class RefineHead(nn.Module):
@@ -158,9 +168,9 @@ class SigmoidAsTwoClass(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.net(x)  # (B, 1, H, W): the foreground logit
-        return torch.cat([torch.zeros_like(z), z], dim=1)
+    def forward(self, x: torch.Tensor) -> Logits:
+        # each z (B, 1, H, W): the foreground logit
+        return map_logits(self.net(x), lambda z: torch.cat([torch.zeros_like(z), z], dim=1))
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
@@ -170,8 +180,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
     :mod:`pipeline.models.pretrained`); nothing is downloaded.
 
     Returns:
-        A module mapping (B, in_channels, H, W) to logits (B, num_classes, H, W) for any H, W; ``.stride`` tells
-        the multiple it pads to.
+        A module mapping (B, in_channels, H, W) to logits (B, num_classes, H, W) for any H, W (in training, a
+        deep-supervised network such as U²-Net gives a tuple of them); ``.stride`` tells the multiple it pads to.
 
     Raises:
         UserError: unknown adapter, decoder or encoder, bad kwargs, or missing pretrained weights.
@@ -290,6 +300,25 @@ def vit_pyramid_adapter(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, 
         load_encoder_weights(encoder, read_state_dict(path), str(path), cfg.encoder)
     net = ViTPyramidSegmenter(encoder, num_classes, **cfg.decoder_kwargs)
     return net, net.stride
+
+
+@register_adapter("u2net")
+def u2net_adapter(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, int]:
+    """U²-Net from scratch (:mod:`pipeline.models.u2net`): ``decoder: U2Net``, ``encoder`` names the variant
+    (``u2net`` or the small ``u2netp``); ``decoder_kwargs``: ``deep_supervision``, and for ``u2netp``
+    ``mid_channels`` and ``out_channels``."""
+    if cfg.decoder.lower() != "u2net":
+        raise UserError(f"decoder: adapter u2net builds U2Net only, got {cfg.decoder!r}; set decoder: U2Net")
+    refused = {
+        "encoder_kwargs": (bool(cfg.encoder_kwargs), "U²-Net has no timm encoder; remove it"),
+        "encoder_depth": (cfg.encoder_depth != 5, "U²-Net's six stages are fixed (stride 32); remove it"),
+        "pretrained": (cfg.pretrained is not None, "U²-Net trains from scratch here; set pretrained: null"),
+        "refine": (cfg.refine != 0, "U²-Net's side outputs are already fused at full resolution; set refine: 0"),
+    }
+    for key, (bad, why) in refused.items():
+        if bad:
+            raise UserError(f"{key}: not used by adapter u2net: {why}")
+    return build_u2net(cfg.encoder, cfg.in_channels, num_classes, cfg.decoder_kwargs), U2NET_STRIDE
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -78,6 +78,15 @@ def test_ignored_pixels_do_not_change_the_loss(terms: list[str]) -> None:
     assert not torch.allclose(criterion(torch.where(ignored, logits, logits + noise), y), base)
 
 
+def test_deep_supervision_tuple_sums_the_loss_over_its_members() -> None:
+    # zero logits over 2 classes: CE is ln 2 per output, so (output, 6 side outputs) is 7 ln 2
+    zeros, y = torch.zeros(1, 2, 2, 2), torch.tensor([[[0, 1], [1, IGNORE]]])
+    assert loss(LossTerm("ce")).forward((zeros,) * 7, y).item() == pytest.approx(7 * math.log(2), abs=1e-6)
+    (a, y), (b, _) = batch(0), batch(1)
+    mixed = loss(LossTerm("ce"), LossTerm("dice", 0.5))
+    torch.testing.assert_close(mixed.forward((a, b), y), mixed.forward(a, y) + mixed.forward(b, y))
+
+
 def test_loss_is_float32_and_differentiable_from_half_logits() -> None:
     logits, y = batch()
     x = logits.to(torch.bfloat16).requires_grad_()

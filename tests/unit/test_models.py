@@ -16,6 +16,7 @@ import yaml
 
 from pipeline.config import ModelConfig, load_model_config, tiny_variant
 from pipeline.errors import UserError
+from pipeline.losses import WeightedLoss
 from pipeline.models import registry
 from pipeline.models.optim import param_groups
 from pipeline.models.registry import PadCropWrapper, build_model, list_adapters, register_adapter
@@ -59,7 +60,7 @@ BEIT = ModelConfig(
 
 
 def test_configs_are_shipped() -> None:
-    assert {p.stem for p in CONFIGS} >= {"cnn_default", "upernet_convnext", "upernet_swin", "upernet_beit"}
+    assert {p.stem for p in CONFIGS} >= {"cnn_default", "upernet_convnext", "upernet_swin", "upernet_beit", "u2net"}
     for path in CONFIGS:
         assert load_model_config(path).pretrained is None, f"{path.name} must not need weights"
 
@@ -68,9 +69,10 @@ def test_configs_are_shipped() -> None:
 def test_config_forward_backward_at_canvas_size(path: Path) -> None:
     model = build_model(load_model_config(path), NUM_CLASSES)
     x = torch.randn(2, 3, H, W)  # (B, C, H, W); batch 2: UPerNet's PSP BatchNorm on a 1x1 pool needs B > 1
-    logits = model(x)
-    assert logits.shape == (2, NUM_CLASSES, H, W)
-    logits.float().square().mean().backward()
+    out = model(x)  # in training a deep-supervised model (u2net) returns (output, *side outputs)
+    outputs = out if isinstance(out, tuple) else (out,)
+    assert all(logits.shape == (2, NUM_CLASSES, H, W) for logits in outputs)
+    sum(logits.float().square().mean() for logits in outputs).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
@@ -83,7 +85,7 @@ def test_tiny_variant_trains_one_step(path: Path) -> None:
     opt = torch.optim.AdamW(param_groups(model, rec.lr, rec.weight_decay, rec.layer_decay), lr=rec.lr)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x, y = torch.randn(2, 3, H, W), torch.randint(0, NUM_CLASSES, (2, H, W))
-    loss = F.cross_entropy(model(x), y)
+    loss = WeightedLoss(rec.loss, rec.class_weights)(model(x), y)  # the config's own loss, as training computes it
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -168,7 +170,7 @@ def test_default_feature_blocks() -> None:
 
 def test_unknown_adapter_lists_valid_ones() -> None:
     cfg = dataclasses.replace(CNN, adapter="nope")  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="valid adapters: smp, vit_pyramid"):
+    with pytest.raises(UserError, match="valid adapters: smp, u2net, vit_pyramid"):
         build_model(cfg, NUM_CLASSES)
 
 
@@ -255,7 +257,7 @@ def test_refine_must_not_be_negative() -> None:
 def test_registry_refuses_a_second_registration() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_adapter("smp")(registry.smp_adapter)
-    assert list_adapters() == ["smp", "vit_pyramid"]
+    assert list_adapters() == ["smp", "u2net", "vit_pyramid"]
 
 
 # --------------------------------------------------------------------------------------------------------------
