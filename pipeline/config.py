@@ -353,9 +353,9 @@ class PlanParams:
     # optimiser steps a fold's round 1 must make before the plan trains another fold of train.folds: a budget too
     # small for every fold to reach them trains fewer, longer (at least one); 0: every fold in train.folds
     fold_steps: int = 3000
-    # true: set recipe.budget_seconds with the epochs the plan sizes (training re-sizes them to end on it); off
-    # by default until full-budget runs measure it
-    hold_budget: bool = False
+    # set recipe.budget_seconds with the epochs the plan sizes (training re-sizes them to end on it); false: the
+    # planned epochs stand, however the machine's speed moves
+    hold_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.fold_steps < 0:

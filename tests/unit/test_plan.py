@@ -536,9 +536,10 @@ def test_holding_the_budget_writes_the_planned_epochs_seconds() -> None:
     assert out.recipe.epochs == 9 and out.recipe.budget_seconds == pytest.approx(9 * 5.2, abs=0.05)
     assert [r["key"] for r in records] == ["recipe.epochs", "recipe.budget_seconds"]
     assert "plan.hold_budget" in records[1]["why"]
-    # off (the default): the epochs only
+    # off: the epochs only
     records = []
-    out, _, e, _ = size_epochs(cfg, work, costs, 60.0, from_dict(Params, {}, "test"), {}, None, records)
+    off = from_dict(Params, {"plan": {"hold_budget": False}}, "test")
+    out, _, e, _ = size_epochs(cfg, work, costs, 60.0, off, {}, None, records)
     assert e == 9 and out.recipe.budget_seconds is None and [r["key"] for r in records] == ["recipe.epochs"]
     # epochs set explicitly (train.epochs or the config): nothing is held, the user's count stands
     records = []
