@@ -1,8 +1,9 @@
 """The infer stage's memory at N and 4N images: out-of-fold (OOF) choices and test inference stay flat (issue 18).
 
-For each size it makes a project in a temp folder through the real stage code: the embedded demo with N train and N
-test canvases (64x84), its masks (``build_masks``) and 2 folds (``build_folds``), and one ``cnn_default`` checkpoint
-per fold with random weights, in the format training writes (``config``, ``classes``, ``model``). Then, in a fresh
+For each size it makes a project in a temp folder through the real stage code (``bench/project.py``): the embedded
+demo with N train and N test canvases (64x84), its masks (``build_masks``) and 2 folds (``build_folds``), and one
+``cnn_default`` checkpoint per fold with random weights, in the format training writes (``config``, ``classes``,
+``model``). Then, in a fresh
 process, it calls :func:`pipeline.infer.run_ensemble`, the infer stage's library function, with TTA chosen on OOF
 (``infer.tta: auto`` over hflip), a temperature fitted on OOF (``infer.calibrate``), cross-fitted scores, the
 test pass, the submission and its validation. ``plan_ensemble`` predicts every OOF image again from the checkpoints;
@@ -18,7 +19,6 @@ would have added to the peak. Flat memory: the 4N peak within 1.1x of the N peak
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -32,64 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from rss import reset_peak_rss, rss_mib  # noqa: E402  (bench/ is the script's folder, first on sys.path)
+from project import FOLDS, MODEL, make_project, project_params  # noqa: E402  (bench/ is first on sys.path)
+from rss import reset_peak_rss, rss_mib  # noqa: E402
 
-from pipeline.config import (  # noqa: E402
-    DataParams,
-    DemoParams,
-    FoldsParams,
-    MasksParams,
-    Params,
-    load_model_config,
-    load_params,
-    to_dict,
-)
-from pipeline.data.demo import generate_demo  # noqa: E402
-from pipeline.data.folds import build_folds  # noqa: E402
-from pipeline.data.masks import build_masks  # noqa: E402
-from pipeline.io import npz_writer, read_json, save_torch  # noqa: E402
-from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.paths import Layout  # noqa: E402
-
-MODEL, FOLDS = "cnn_default", (0, 1)
-
-
-def project_params(root: Path) -> Params:
-    """params.yaml with this project's data, the fixed model on 2 folds, no pseudo round, OOF choices on."""
-    p = load_params(REPO / "params.yaml")
-    comp = root / "data" / "competition"
-    data = dataclasses.replace(p.data, root=str(comp), truth_dir=str(root / "data" / "truth"))
-    train = dataclasses.replace(p.train, models=[MODEL], folds=list(FOLDS), device="cpu")
-    infer = dataclasses.replace(
-        p.infer, tta="auto", tta_flips=["hflip"], tta_scales=[], calibrate=True, output=str(root / "submission.csv")
-    )
-    return dataclasses.replace(
-        p,
-        data=data,
-        train=train,
-        infer=infer,
-        pseudo=dataclasses.replace(p.pseudo, rounds=0),
-        plan=dataclasses.replace(p.plan, enabled=False),
-    )
-
-
-def make_project(root: Path, n: int) -> None:
-    """The demo with ``n`` train and ``n`` test images, its masks and folds, one random checkpoint per fold."""
-    params, layout = project_params(root), Layout(root)
-    # one digit a canvas: 4N test canvases need 4N distinct test digits (the pools are disjoint)
-    demo = DemoParams(n_train=n, n_test=n, min_digits=1, max_digits=1, test_digit_share=0.4)
-    generate_demo(demo, params.data.root, params.data.truth_dir)
-    build_masks(DataParams(root=params.data.root), MasksParams(workers=1), layout)
-    build_folds(FoldsParams(k=len(FOLDS), seed=0), layout)
-    classes = read_json(layout.classes_json)
-    cfg = load_model_config(Layout(REPO).model_config(MODEL))
-    for fold in FOLDS:
-        torch.manual_seed(fold)
-        model = build_model(cfg, len(classes))
-        ck = {"config": to_dict(cfg), "classes": classes, "model": model.state_dict(), "ema": None}
-        save_torch(layout.checkpoint(MODEL, fold), ck)
-        with npz_writer(layout.oof_path(MODEL, fold)):
-            pass  # only its existence is checked: plan_ensemble predicts OOF from the checkpoint
 
 
 def child(root: Path) -> dict[str, Any]:

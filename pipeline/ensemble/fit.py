@@ -117,25 +117,38 @@ def fit_weights(
 
 
 def fit_temperature(
-    probs: Mapping[Any, np.ndarray], truth: Mapping[Any, np.ndarray], max_pixels: int = 2_000_000
+    probs: Mapping[Any, np.ndarray],
+    truth: Mapping[Any, np.ndarray],
+    max_pixels: int = 1_000_000,
+    chunk: int = 65_536,
+    seed: int = 0,
 ) -> float:
-    """Temperature T minimising the pixel NLL of softmax(log p / T) on OOF predictions (ignore pixels left out)."""
+    """Temperature T minimising the pixel NLL of softmax(log p / T) on OOF predictions (ignore pixels left out).
+
+    Memory is flat in the number of images: each image gives at most ``ceil(max_pixels / images)`` of its labelled
+    pixels (drawn with ``seed``; all of them when it has fewer), so the sample spreads over every image and holds at
+    most ``max_pixels`` (+ one per image) rows of C log-probabilities; the NLL is summed ``chunk`` rows at a time.
+    """
+    per_image = -(-max_pixels // max(1, len(truth)))
+    rng = np.random.default_rng(seed)
     logp, labels = [], []
-    total = 0
     for key, mask in truth.items():
-        valid = mask != IGNORE_INDEX
-        lp = np.log(probs[key].astype(np.float32) + EPS)  # (C, H, W)
-        logp.append(lp[:, valid].T)  # (N, C)
-        labels.append(mask[valid].astype(np.int64))
-        total += int(valid.sum())
-        if total >= max_pixels:
-            break
+        flat = np.flatnonzero(mask.reshape(-1) != IGNORE_INDEX)
+        if len(flat) > per_image:
+            flat = np.sort(rng.choice(flat, per_image, replace=False))
+        pr = probs[key]
+        pr = pr.reshape(pr.shape[0], -1)  # (C, H*W)
+        logp.append(np.log(pr[:, flat].astype(np.float32).T + EPS))  # (n, C)
+        labels.append(mask.reshape(-1)[flat].astype(np.int64))
     x, y = np.concatenate(logp), np.concatenate(labels)
 
     def nll(log_t: float) -> float:
-        z = x / np.exp(log_t)
-        z = z - z.max(1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+        inv_t, total = float(np.exp(-log_t)), 0.0
+        for s in range(0, len(y), chunk):
+            z = x[s : s + chunk] * inv_t
+            z -= z.max(1, keepdims=True)
+            total += float(np.sum(np.log(np.exp(z).sum(1)) - z[np.arange(len(z)), y[s : s + chunk]]))
+        return total / max(1, len(y))
 
     res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
     return float(np.exp(res.x))
