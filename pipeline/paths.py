@@ -80,6 +80,24 @@ class TruthFiles:
 
 
 @dataclasses.dataclass(frozen=True)
+class TopFiles:
+    """The k best epochs' weights of one run (``recipe.average_best``, :mod:`pipeline.training.average`)."""
+
+    root: Path
+
+    @property
+    def index(self) -> Path:
+        """The kept epochs and their validation scores."""
+        return self.root / "index.json"
+
+    def epoch(self, epoch: int) -> Path:
+        return self.root / f"epoch{epoch:03d}.pt"
+
+    def epoch_files(self) -> list[Path]:
+        return sorted(self.root.glob("epoch*.pt"))
+
+
+@dataclasses.dataclass(frozen=True)
 class FoldFiles:
     """The files of one trained (model, fold, round) folder (:meth:`Layout.model_dir`, or a run's ``out_dir``)."""
 
@@ -115,6 +133,11 @@ class FoldFiles:
     def skipped(self) -> Path:
         """Written instead of a model by a switched-off training round, saying why."""
         return self.root / "skipped.txt"
+
+    @property
+    def top(self) -> TopFiles:
+        """The k best epochs' weights (``recipe.average_best``)."""
+        return TopFiles(self.root / "top")
 
     # the fold report (pipeline.training.finish.fold_report)
     @property
@@ -173,8 +196,16 @@ class Layout:
         return self.root / "dvc.lock"
 
     @property
+    def dvc_yaml(self) -> Path:
+        return self.root / "dvc.yaml"
+
+    @property
     def work(self) -> Path:
         return self.root / "work"
+
+    def parallel_log(self, stage: str, worker: int) -> Path:
+        """The log of worker ``worker`` of a training stage run by :mod:`pipeline.parallel_folds`."""
+        return self.work / "parallel" / f"{stage}.{worker}.log"
 
     @property
     def scratch_dir(self) -> Path:
