@@ -433,6 +433,10 @@ class Recipe:
     # (no update), counted in the fold's metrics.json (skipped_nonfinite_batches); see pipeline/faults.py
     skip_nonfinite: bool = False
     ema: float | None = None  # EMA decay of weights (e.g. 0.999); null disables
+    # k >= 2: average the weights of the k best epochs (the evaluated ones: EMA when on), BatchNorm statistics
+    # recomputed on the training images; the average replaces best.pt when it validates better
+    # (pipeline/training/average.py); 0: off
+    average_best: int = 0
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; on CPU only with cpu_bf16
     cpu_bf16: bool = False  # bf16 autocast on CPU
     channels_last: bool = True
@@ -455,6 +459,8 @@ class Recipe:
             raise UserError(f"recipe.budget_seconds must be above 0 (or null), got {self.budget_seconds}")
         if not 0.0 <= self.paste <= 1.0:
             raise UserError(f"recipe.paste must be in [0, 1], got {self.paste}")
+        if self.average_best < 0 or self.average_best == 1:
+            raise UserError(f"recipe.average_best must be 0 (off) or 2 or more epochs, got {self.average_best}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ Outputs (all written atomically, under ``Layout.model_dir(model, fold, round)``)
     metrics.json (dvc metrics), config.yaml (the resolved config); the per-epoch log for dvc plots goes to
     ``Layout.curve_path`` (outside the folder, which DVC tracks as one output)
     oof.npz             float16 softmax probabilities (C, H, W) of each validation image, keyed by image id
+    top/                with ``recipe.average_best: k``, the k best epochs' weights (pipeline/training/average.py)
 
 Resume: when ``last.pt`` exists and its fingerprint (config, fold, round, training images, initial weights and the
 contents of the training code) matches, training continues from it with every piece of state restored; each epoch's
@@ -48,6 +49,7 @@ from pipeline.faults import StepGuard
 from pipeline.io import read_json, safe_join, write_csv, write_text
 from pipeline.paths import Layout
 from pipeline.rounds import LOG_COLUMNS, pseudo_set, skip_training_round, training_round_runs
+from pipeline.training.average import TopK, average_into_best
 from pipeline.training.checkpoint import Checkpoints, TrainState, fingerprint, seed_epoch
 from pipeline.training.context import Context, RunId, make_context
 from pipeline.training.epoch import evaluate, train_one_epoch
@@ -141,12 +143,9 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
     state = checkpoints.resume(opt, ctx.ddp.main)
     guard = StepGuard(model_name, fold, round_, rec, run.model_config, ctx.ddp.world)  # pipeline/faults.py
     if ctx.ddp.main:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run.files.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        # DVC deletes the (non-persistent) curves file before running the stage: a resume of a finished run
-        # must write it again from the checkpoint's history, or the stage fails for a missing output
-        write_curves(run, state)
+        start_outputs(run, cfg, state)
 
+    top = TopK.for_run(run.files.top, rec.average_best, fresh=state.epoch == 0, main=ctx.ddp.main)
     timebox = Timebox(rec.budget_seconds, rec.epochs, [r["seconds"] for r in state.history])
     epochs, save_seconds = state.epochs or rec.epochs, 0.0
     while state.epoch < epochs:
@@ -161,6 +160,8 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         # never an epoch with non-finite weights or score as the best (best.pt never holds NaN)
         fit = functools.partial(guard.can_be_best, model=opt.eval_model, epoch=epoch + 1)
         best = state.end_epoch(val, train_loss, opt.lr, train_img_s, time.time() - t0, skipped, fit)
+        if top is not None and ctx.ddp.main and top.would_keep(val["score"]) and fit(val["score"]):
+            top.offer(state.epoch, val["score"], opt.eval_model)  # recipe.average_best: among the k best so far
         epochs = resize_epochs(timebox, state, time.time() - t0 + save_seconds, opt, loaders, ctx, run.title)
         if ctx.ddp.main:
             print(
@@ -174,9 +175,27 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
     if state.best_epoch < 0:
         raise guard.no_best()
 
+    return end_run(top, cfg, ctx, loaders, state, guard, split.val_ids)
+
+
+def end_run(
+    top: TopK | None,
+    cfg: ModelConfig,
+    ctx: Context,
+    loaders: Loaders,
+    state: TrainState,
+    guard: StepGuard,
+    val_ids: list[int],
+) -> dict[str, Any]:
+    """After the last epoch: the average of the best epochs (``recipe.average_best``), then the out-of-fold
+    probabilities and metrics of best.pt (rank 0); every process waits for the others between the two."""
     ctx.ddp.barrier()
+    if top is not None:  # every process (the average's validation all-reduces), each reading rank 0's index afresh
+        with guard.step(None, "averaging the best epochs' weights"):
+            average_into_best(TopK(top.files, top.k), cfg, ctx, loaders, state, ctx.run.files.best)
+        ctx.ddp.barrier()
     with guard.step(None, "out-of-fold prediction with best.pt"):  # out of memory: recipe.batch_size, as in training
-        result = finish_fold(loaders.val, split.val_ids, cfg, state.history, ctx) if ctx.ddp.main else {}
+        result = finish_fold(loaders.val, val_ids, cfg, state.history, ctx) if ctx.ddp.main else {}
     ctx.ddp.barrier()
     return result
 
@@ -201,6 +220,15 @@ def resize_epochs(
             )
     state.epochs = epochs
     return epochs
+
+
+def start_outputs(run: RunId, cfg: ModelConfig, state: TrainState) -> None:
+    """The run's folder, its resolved config.yaml, and the curves so far (rank 0, before the first epoch)."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run.files.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    # DVC deletes the (non-persistent) curves file before running the stage: a resume of a finished run must write
+    # it again from the checkpoint's history, or the stage fails for a missing output
+    write_curves(run, state)
 
 
 def write_curves(run: RunId, state: TrainState) -> None:

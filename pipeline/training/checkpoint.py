@@ -94,6 +94,11 @@ def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def evaluated_weights(ck: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint's validation scored: the EMA's when the run kept one, else the model's."""
+    return ck["ema"] if ck.get("ema") is not None else ck["model"]
+
+
 @dataclasses.dataclass
 class TrainState:
     """Where a run stands: epochs done, optimiser steps taken, the best epoch so far and the per-epoch log."""

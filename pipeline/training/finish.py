@@ -17,6 +17,7 @@ from pipeline.models.registry import build_model
 from pipeline.paths import FoldFiles
 from pipeline.predict import iter_logits
 from pipeline.store import Lazy, SpillDict
+from pipeline.training.checkpoint import evaluated_weights
 from pipeline.training.context import Context
 
 
@@ -28,7 +29,7 @@ def finish_fold(
     files, classes = ctx.run.files, ctx.classes
     ck = load_torch(files.best)
     model = build_model(cfg, len(classes)).to(ctx.device)
-    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    model.load_state_dict(evaluated_weights(ck))
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
@@ -56,6 +57,8 @@ def finish_fold(
         "epochs": len(history),
         "train_seconds": round(sum(r["seconds"] for r in history), 1),
         "per_class_IoU": {k: v["IoU"] for k, v in m["per_class"].items()},
+        # recipe.average_best: the averaged epochs, their score and whether best.pt is the average
+        **({"averaged": ck["averaged"]} if ck.get("averaged") else {}),
         # skipped_nonfinite_batches, and collapsed: a best model that predicts one class everywhere (a warning too)
         **health,
     }

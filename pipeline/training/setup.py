@@ -28,7 +28,7 @@ from pipeline.losses import WeightedLoss
 from pipeline.models.optim import param_groups
 from pipeline.models.registry import build_model
 from pipeline.store import Lazy
-from pipeline.training.checkpoint import epoch_seed
+from pipeline.training.checkpoint import epoch_seed, evaluated_weights
 from pipeline.training.context import Context
 
 # (value, what) -> whether the loss or gradient norm is finite; False skips the batch (faults.StepGuard.checker)
@@ -216,14 +216,15 @@ class Optimisation:
 def build_optimisation(
     cfg: ModelConfig, ctx: Context, steps_per_epoch: int, init_weights: Path | None = None
 ) -> Optimisation:
-    """The model (from ``init_weights``' ``model`` when given) and its optimiser, schedule, scaler, EMA and loss."""
+    """The model (from the weights ``init_weights`` validated, when given) and its optimiser, schedule, scaler, EMA
+    and loss."""
     rec, device = cfg.recipe, ctx.device
     # seed the weight init too: otherwise it depends on whatever ran before in the process, and two runs of one
     # config (or a run and its resumed twin in another process) start from different weights
     torch.manual_seed(rec.seed)
     model = build_model(cfg, len(ctx.classes)).to(device)
     if init_weights is not None:
-        model.load_state_dict(load_torch(init_weights)["model"])
+        model.load_state_dict(evaluated_weights(load_torch(init_weights)))  # what round r-1 validated (EMA, average)
     if rec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, rec.lr, rec.weight_decay, rec.layer_decay), lr=rec.lr)

@@ -40,7 +40,7 @@ from pipeline.train import train_fold
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "tiny"  # the model every e2e test trains or predicts with
 # Copies of the same config under other names, so tests that train again write to their own folders.
-ALIASES = ("tiny_resume", "tiny_ddp", "tiny_fp", "tiny_second", "tiny_cuda")
+ALIASES = ("tiny_resume", "tiny_ddp", "tiny_fp", "tiny_second", "tiny_cuda", "tiny_avg")
 
 TINY_MODEL: dict[str, Any] = {
     "decoder": "Unet",
