@@ -59,9 +59,14 @@ def parse_devices(spec: str) -> list[str]:
 def training_groups(root: Path) -> list[Group]:
     """The training stages of the DVC project at ``root``, in the order they run, from DVC's own graph."""
     import networkx as nx
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    try:
+        repo = Repo(str(root))
+    except DvcException as e:
+        raise UserError(f"{root}: not a DVC project ({e}); run this from the repository (or pass --root)") from None
+    with repo:
         graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
         stages = list(repo.index.stages)
         train = [s for s in stages if (s.cmd or "").startswith(TRAIN_CMD)]
@@ -77,13 +82,9 @@ def training_groups(root: Path) -> list[Group]:
         return out
 
 
-def dvc(root: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> int:
-    """Run ``dvc --wait-for-lock <args>`` in ``root`` (output to ``log`` when given, else to this terminal)."""
-    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
-    if log is None:
-        return subprocess.run(cmd, cwd=root, env=env, check=False).returncode
-    with log.open("a") as f:
-        return subprocess.run(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+def dvc(root: Path, *args: str) -> int:
+    """Run ``dvc --wait-for-lock <args>`` in ``root``, its output to this terminal; its exit status."""
+    return subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", *args], cwd=root, check=False).returncode
 
 
 def run_group(root: Path, group: Group, devices: Sequence[str], layout: Layout) -> None:

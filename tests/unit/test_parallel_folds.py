@@ -27,3 +27,8 @@ def test_devices_are_cuda_indices_or_cpu() -> None:
     for bad in ("", "gpu0", "0,,x"):
         with pytest.raises(UserError, match="--devices"):
             parse_devices(bad)
+
+
+def test_a_folder_that_is_no_dvc_project_is_one_line(tmp_path) -> None:
+    with pytest.raises(UserError, match="not a DVC project"):
+        training_groups(tmp_path)
