@@ -9,11 +9,13 @@ their class or as 255.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -291,3 +293,15 @@ def reference_postprocess(
     """:func:`reference_apply` with the rules as metrics/infer.json names them: ``{name: {min_area, min_total}}``."""
     index = {c["name"]: int(c["index"]) for c in classes}
     return reference_apply(pred, {index[n]: (r["min_area"], r["min_total"]) for n, r in by_name.items()})
+
+
+def load_bench(file: str, name: str) -> Any:
+    """The benchmark script ``bench/<file>`` loaded as module ``name`` (bench/ importable, as when run as a script;
+    registered in sys.modules, which its dataclasses look up while they are made)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

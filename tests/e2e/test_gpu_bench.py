@@ -4,24 +4,13 @@ table written with its machine line. The figures that matter come from a GPU (``
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, load_bench
 
 pytestmark = pytest.mark.slow
-
-
-def load_bench():  # noqa: ANN201 - a module object
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "bench_gpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_gpu_bench_runs_on_the_cpu_and_writes_its_table(tmp_path: Path) -> None:
@@ -29,7 +18,7 @@ def test_gpu_bench_runs_on_the_cpu_and_writes_its_table(tmp_path: Path) -> None:
     models = ["cnn_default", "upernet_convnext"]
     argv = ["--device", "cpu", "--tiny", "--size", "64", "--images", "12", "--batch", "2", "--workers", "0"]
     argv += ["--steps", "1", "--no-compile", "--models", ",".join(models), "--out", str(out)]
-    load_bench().main(argv)
+    load_bench("bench_gpu.py", "bench_gpu").main(argv)
 
     lines = out.read_text().splitlines()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)

@@ -3,30 +3,18 @@ in the written table with the image counts asked for, and the masks stage at 2x 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import load_bench
 
 from pipeline.paths import Layout
 
 pytestmark = pytest.mark.slow
 
 
-def load_bench():  # noqa: ANN201 - a module object
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_scaling", REPO / "bench" / "bench_scaling.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while they are made
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_scaling_bench_measures_every_stage_at_every_scale(tmp_path: Path) -> None:
-    bench = load_bench()
+    bench = load_bench("bench_scaling.py", "bench_scaling")
     out, work = tmp_path / "scaling.md", tmp_path / "work"
     argv = ["--images", "12", "--scales", "1,2", "--sides", "", "--tiny", "--work", str(work), "--out", str(out)]
     assert bench.main(argv) == 0

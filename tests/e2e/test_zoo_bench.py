@@ -3,13 +3,12 @@ submission scored on the held-back truth, the table written; its mIoU checked ag
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, read_png
+from helpers import load_bench, read_png
 
 from pipeline.data.zoo import silhouette
 from pipeline.leaderboard import decode_submission
@@ -18,16 +17,8 @@ from pipeline.submission.format import SubmissionFormat
 pytestmark = pytest.mark.slow
 
 
-def load_bench():  # noqa: ANN201 - a module object
-    spec = importlib.util.spec_from_file_location("bench_zoo", REPO / "bench" / "zoo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_zoo_bench_runs_the_pipeline_on_a_tiny_silhouette(tmp_path: Path) -> None:
-    bench = load_bench()
+    bench = load_bench("zoo.py", "bench_zoo")
     work = tmp_path / "work"
     comp, truth = work / "silhouette" / "competition", work / "silhouette" / "truth"
     # 48 train images: fold 0 of 5 keeps 38, more than one batch of cnn_default (32).
