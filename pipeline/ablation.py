@@ -8,8 +8,9 @@ final one (``submissions/ablation/<row>.csv``):
 3. + TTA: the same, with the TTA set chosen on out-of-fold predictions;
 4. + multi-model: round-1 folds of every model given (weights fitted on OOF), TTA chosen on OOF;
 5. + pseudo-label round: the final ensemble (round 1 + ``pseudo.rounds``);
-6. + post-processing (``infer.postprocess: auto``): the row above with the per-class rules fitted on its OOF, as
-   ``dvc repro`` makes it. Rows 1-5 are scored without post-processing.
+6. + post-processing (``infer.postprocess``): the row above with the per-class rules fitted on its OOF, as
+   ``dvc repro`` makes it; with ``shapes``, first the component and total areas alone (``auto``), then
+   keep-largest-component and hole filling too. Rows 1-5 are scored without post-processing.
 
 Nothing here is tuned on the test truth: every choice (the fold, the TTA set, the weights) is made on OOF, and the
 truth only scores the result. Models of row 4 that are not trained yet are trained here (round 1, every fold).
@@ -65,6 +66,24 @@ def _with(params: Params, **infer: Any) -> Params:
     return dataclasses.replace(params, infer=dataclasses.replace(params.infer, **infer))
 
 
+Row = tuple[str, str, Params, dict[str, Any]]  # key, label, the params infer runs with, extra report fields
+
+
+def postprocess_rows(mode: str, rows: list[Row]) -> list[Row]:
+    """``rows`` without post-processing, then the last again with the rules fitted on its OOF (``mode``: the run's
+    ``infer.postprocess``; ``shapes``: the areas alone first, then keep-largest and filling too)."""
+    rows = [(k, label, _with(p, postprocess="none"), extra) for k, label, p, extra in rows]
+    _, _, last, extra = rows[-1]
+    if mode == "shapes":
+        label = "+ post-processing fitted on OOF: component and total areas"
+        rows.append(("postprocess_areas", label, _with(last, postprocess="auto"), extra))
+        label = "+ keep-largest-component and hole filling fitted on OOF"
+        rows.append(("postprocess", label, _with(last, postprocess="shapes"), extra))
+    elif mode == "auto":
+        rows.append(("postprocess", "+ post-processing fitted on OOF", _with(last, postprocess="auto"), extra))
+    return rows
+
+
 def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Write and score one submission per row (see the module docstring); return the rows."""
     models = list(params.infer.models or params.train.models)
@@ -75,7 +94,7 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
     final_round = 1 + params.pseudo.rounds
 
     fold, val = best_fold(layout, first, params.train.folds)
-    rows: list[tuple[str, str, Params, dict[str, Any]]] = [
+    rows: list[Row] = [
         (
             "single",
             f"best single fold model ({first} fold {fold}, val {params.metric.name} {val:.4f}), no TTA",
@@ -109,10 +128,7 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
             )
         )
 
-    rows = [(k, label, _with(p, postprocess="none"), extra) for k, label, p, extra in rows]
-    if params.infer.postprocess == "auto":  # the last row again, with the rules fitted on its OOF
-        _, _, last, extra = rows[-1]
-        rows.append(("postprocess", "+ post-processing fitted on OOF", _with(last, postprocess="auto"), extra))
+    rows = postprocess_rows(params.infer.postprocess, rows)
 
     results = []
     for key, label, p, extra in rows:

@@ -143,7 +143,7 @@ def _fit(
     torch.manual_seed(rec.seed)
     model = build_model(cfg, num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=rec.lr, weight_decay=rec.weight_decay)
-    criterion = WeightedLoss(rec.loss, rec.class_weights).to(device)
+    criterion = WeightedLoss.for_config(cfg).to(device)
     batch = min(rec.batch_size, len(train_ds))
     gen = torch.Generator().manual_seed(rec.seed)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=batch, shuffle=True, drop_last=True, generator=gen)

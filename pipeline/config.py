@@ -278,6 +278,20 @@ class PseudoParams:
     epochs: int | None = 2  # epochs of rounds 2+; null: the same as round 1
     lr_scale: float = 0.3  # rounds 2+ train at recipe.lr x this (e.g. below 1 when starting from round-1 weights)
     tta: Literal["auto", "config", "none"] = "config"  # TTA of the pseudo-labelling ensemble
+    # share of each epoch's training samples drawn from the pseudo-labelled test images (Severstal 0.12, contrails
+    # 4th 0.5), shuffled among the rest; null: as many as they are among the images (each image once an epoch)
+    share: float | None = None
+    # n >= 1: pretrain on the pseudo-labels, then fine-tune (contrails 3rd): the round's first n epochs draw only
+    # pseudo-labelled images, the rest only labelled ones; 0: mixed every epoch (with share)
+    pretrain_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.share is not None and not 0.0 <= self.share <= 1.0:
+            raise UserError(f"pseudo.share must be in [0, 1] (or null), got {self.share}")
+        if self.pretrain_epochs < 0:
+            raise UserError(f"pseudo.pretrain_epochs must be 0 (off) or more, got {self.pretrain_epochs}")
+        if self.pretrain_epochs and self.share is not None:
+            raise UserError("pseudo.share and pseudo.pretrain_epochs exclude each other: set one (the other null / 0)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,8 +314,9 @@ class InferParams:
     weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising the OOF metric
     calibrate: bool = False  # per-model temperature fitted on OOF logits before averaging
     # auto: per class, a minimum component area and a minimum total area fitted on the ensemble's OOF predictions
-    # (pipeline/postprocess.py; no change is always a candidate); none: the ensemble's argmax as it is
-    postprocess: Literal["none", "auto"] = "auto"
+    # (pipeline/postprocess.py; no change is always a candidate); shapes: keep-largest-component and hole filling as
+    # candidates too (off by default: on objects they lost 0.004 cross-fitted); none: the ensemble's argmax as it is
+    postprocess: Literal["none", "auto", "shapes"] = "auto"
     tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if the OOF metric improves
     # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls
     # back to the config's TTA set and equal weights instead, and metrics/infer.json and the ledger record it
@@ -447,6 +462,10 @@ class Recipe:
     # share of training samples that get another sample's labelled foreground pasted over them (copy-paste,
     # pipeline/data/paste.py); 0: off
     paste: float = 0.0
+    # rounds 2+ (from pseudo.share / pseudo.pretrain_epochs; pipeline/training/recipe.py): the share of each epoch's
+    # samples from the pseudo-labelled images (null: as many as they are), and the first epochs that draw only them
+    pseudo_share: float | None = None
+    pseudo_pretrain: int = 0
     num_workers: int = 0
     seed: int = 0
 
@@ -461,6 +480,13 @@ class Recipe:
             raise UserError(f"recipe.paste must be in [0, 1], got {self.paste}")
         if self.average_best < 0 or self.average_best == 1:
             raise UserError(f"recipe.average_best must be 0 (off) or 2 or more epochs, got {self.average_best}")
+        if self.pseudo_share is not None and not 0.0 <= self.pseudo_share <= 1.0:
+            raise UserError(f"recipe.pseudo_share must be in [0, 1] (or null), got {self.pseudo_share}")
+        if self.pseudo_pretrain and self.pseudo_pretrain >= self.epochs:
+            raise UserError(
+                f"pseudo.pretrain_epochs ({self.pseudo_pretrain}) leaves no epoch to fine-tune on the labelled images "
+                f"of a {self.epochs}-epoch round: set it below pseudo.epochs"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,6 +510,9 @@ class ModelConfig:
     encoder_depth: int = 5
     decoder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the SMP decoder
     refine: int = 0  # width of a full-resolution head that sees the input pixels beside the logits (0: none)
+    # w > 0: an image-level class-presence head on the deepest encoder features (smp, vit_pyramid), trained with
+    # w x BCE on the classes each training mask holds (pipeline/models/registry.py PresenceHead); 0: none
+    presence_head: float = 0.0
     head: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: binary tasks only, one foreground logit (BCE)
     pretrained: str | None = None  # null: from scratch; a local weights file; or "cache": timm's local HF cache
     in_channels: int = 3
@@ -492,6 +521,10 @@ class ModelConfig:
     recipe: Recipe = dataclasses.field(default_factory=Recipe)
     tta: TtaConfig = dataclasses.field(default_factory=TtaConfig)
     tiny: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides for the tiny test variant
+
+    def __post_init__(self) -> None:
+        if not self.presence_head >= 0:
+            raise UserError(f"presence_head must be 0 (off) or a positive loss weight, got {self.presence_head}")
 
 
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:

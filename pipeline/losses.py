@@ -6,11 +6,13 @@ from collections.abc import Sequence
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import LossTerm
+from pipeline.config import LossTerm, ModelConfig
 from pipeline.errors import UserError
 from pipeline.labels import IGNORE_INDEX
+from pipeline.models.registry import WithPresence
 
 
 def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Module:
@@ -35,17 +37,46 @@ class WeightedLoss(nn.Module):
 
     Deep supervision: a tuple of logits (a network in training that returns its output, then its side outputs, as
     U²-Net does: :mod:`pipeline.models.u2net`) gets the sum of that loss over its members, with equal weights.
+    A :class:`WithPresence` output (``presence_head``) adds ``presence_weight`` x the binary cross-entropy of its
+    presence logits against the classes each target holds (:func:`presence_target`).
     """
 
-    def __init__(self, terms: Sequence[LossTerm], class_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, terms: Sequence[LossTerm], class_weights: Sequence[float] | None = None, presence_weight: float = 0.0
+    ) -> None:
         super().__init__()
         if not terms:
             raise UserError("recipe.loss: at least one loss term is needed")
         self.weights = [t.weight for t in terms]
         self.terms = nn.ModuleList(make_term(t, class_weights) for t in terms)
+        self.presence_weight = presence_weight
 
-    def forward(self, logits: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def for_config(cls, cfg: ModelConfig) -> WeightedLoss:
+        """The loss ``cfg`` trains with: its recipe's terms and class weights, and its presence head's weight."""
+        return cls(cfg.recipe.loss, cfg.recipe.class_weights, cfg.presence_head)
+
+    def forward(
+        self, logits: torch.Tensor | tuple[torch.Tensor, ...] | WithPresence, target: torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(logits, WithPresence):
+            presence = F.binary_cross_entropy_with_logits(
+                logits.presence.float(), presence_target(target, logits.presence.shape[1])
+            )
+            return self.forward(logits.logits, target) + self.presence_weight * presence
         if isinstance(logits, tuple):  # deep supervision: the output and each side output, equal weights
             return sum(self.forward(z, target) for z in logits)  # type: ignore[return-value]
         logits = logits.float()  # losses in float32 even under autocast
         return sum(w * term(logits, target) for w, term in zip(self.weights, self.terms))  # type: ignore[return-value]
+
+
+def presence_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, num_classes) float: 1 where the (B, H, W) target holds the class (ignore, 255, never counts).
+
+    >>> presence_target(torch.tensor([[[0, 2], [255, 2]], [[1, 1], [1, 1]]]), 3).tolist()
+    [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    """
+    t = target.flatten(1).long()
+    t = torch.where(t == IGNORE_INDEX, torch.full_like(t, num_classes), t)
+    present = torch.zeros(t.shape[0], num_classes + 1, device=t.device).scatter_(1, t, 1.0)
+    return present[:, :num_classes]

@@ -7,6 +7,11 @@ The leak: a round-1 model of fold j != k was trained on fold k's validation imag
 ensemble carry fold k's validation labels into round-2 fold k and inflate its OOF score. ``source: leak_free``
 (the default) therefore makes one pseudo set per fold k from the round-1 models of fold k only (they never saw
 fold k's validation images); ``source: full`` makes one set from every fold model, shared by all folds.
+
+Post-processing (``infer.postprocess``) is applied as infer applies it, with rules fitted the same way on round-1
+OOF predictions of the labelling ensemble (:func:`pipeline.ensemble.plan.pseudo_rules`): set k's rules without fold
+k's images (none when fold k is the only fold), set ``all``'s on every fold. What the rules change is labelled with
+the class they give it (a removed component as background, a filled hole as its class), confident.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline import postprocess as pp
 from pipeline.config import Params, TtaConfig
 from pipeline.data.dataset import SegDataset
 from pipeline.distributed import resolve_device
@@ -26,11 +32,13 @@ from pipeline.ensemble.data import oof_data, test_set
 from pipeline.ensemble.members import (
     EnsembleForward,
     GroupForward,
+    Loaded,
     Runtime,
     find_members,
     load_members,
     windowed,
 )
+from pipeline.ensemble.plan import pseudo_rules
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.labels import IGNORE_INDEX
 from pipeline.oof import truth_reader
@@ -47,6 +55,43 @@ def confident_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     confident = top >= threshold
     mask[~confident] = IGNORE_INDEX
     return mask, confident
+
+
+def pseudo_label(
+    probs: np.ndarray, threshold: float, rules: dict[int, pp.Rule]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One test image's pseudo-label from its (C, H, W) probabilities: the (H, W) uint8 mask (:func:`confident_mask`
+    with ``rules`` applied: what they change is labelled as they say, confident), the confident pixels and the
+    post-processed argmax."""
+    mask, conf = confident_mask(probs, threshold)
+    pred = probs.argmax(0)
+    if rules:
+        post = pp.apply(pred, rules)
+        changed = post != pred
+        mask[changed], conf, pred = post[changed], conf | changed, post
+    return mask, conf, pred
+
+
+def set_rules(
+    params: Params,
+    layout: Layout,
+    loaded: Loaded,
+    rt: Runtime,
+    ttas: dict[str, TtaConfig],
+    sets: list[int | str],
+    unavailable: str | None,
+) -> tuple[dict[str, dict[int, pp.Rule]], dict[str, Any]]:
+    """Each set's post-processing rules (``infer.postprocess``, fitted on round-1 OOF, leak-free per fold) and the
+    report; none where ``infer.postprocess`` is ``none`` or there is no OOF (``unavailable``: why)."""
+    none: dict[str, dict[int, pp.Rule]] = {str(s): {} for s in sets}
+    if params.infer.postprocess == "none":
+        return none, {"rules": "none (infer.postprocess: none)"}
+    if unavailable is not None:
+        print(f"pseudo: no post-processing ({unavailable})")
+        return none, {"rules": f"none ({unavailable})"}
+    rules, report = pseudo_rules(params, layout, loaded, rt, ttas, sets)
+    report["per_set"] = {s: pp.describe(r, read_json(layout.classes_json)) for s, r in rules.items()}
+    return rules, report
 
 
 def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[str, Any]:
@@ -83,8 +128,10 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
         if choice.fallback:
             fallback.append(f"{name}: {choice.fallback}")
     out["fallback"] = fallback
+    sets = pseudo_sets(params)
+    rules, out["postprocess"] = set_rules(params, layout, loaded, rt, ttas, sets, unavailable)
     ds = SegDataset(tests.paths, None, None, preload=False)
-    for s in pseudo_sets(params):
+    for s in sets:
         folds = params.train.folds if s == "all" else [s]
         groups = [
             GroupForward(
@@ -102,8 +149,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                 for idx, logp in tqdm(batches, desc=f"pseudo set {s}", unit="batch", mininterval=1.0):
                     probs = logp.softmax(1).cpu().numpy()
                     for j, i in enumerate(idx.tolist()):
-                        mask, conf = confident_mask(probs[j], p.threshold)
-                        pred = probs[j].argmax(0)
+                        mask, conf, pred = pseudo_label(probs[j], p.threshold, rules[str(s)])
                         per_class_all += np.bincount(pred.ravel(), minlength=len(classes))
                         per_class_conf += np.bincount(pred[conf].ravel(), minlength=len(classes))
                         share = float(conf.mean())
@@ -119,6 +165,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                 "tta": {n: dataclasses.asdict(t) for n, t in ttas.items()},
                 "test_images": len(ds),
                 "kept_images": len(rows),
+                "postprocess": pp.describe(rules[str(s)], classes),
                 "confident_pixel_share_per_class": {
                     c["name"]: (
                         float(per_class_conf[c["index"]] / per_class_all[c["index"]])

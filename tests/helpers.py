@@ -268,31 +268,53 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def reference_apply(pred: np.ndarray, rules: dict[int, tuple[int, int]]) -> np.ndarray:
-    """Post-processing rules ``{class: (min_area, min_total)}`` written independently of pipeline.postprocess:
-    scipy.ndimage's 8-connected labelling and per-component sizes."""
+def reference_apply(pred: np.ndarray, rules: dict[int, tuple]) -> np.ndarray:
+    """Post-processing rules ``{class: (min_area, min_total[, largest[, fill]])}`` written independently of
+    pipeline.postprocess: scipy.ndimage's labelling (8-connected classes, 4-connected background) and per-component
+    sizes; removal for every class, then each class's holes (background regions off the border whose 4-neighbours
+    outside are all that class) filled."""
     from scipy import ndimage
 
     out = pred.copy()
-    for c, (min_area, min_total) in rules.items():
+    full = {c: (tuple(r) + (False, False))[:4] for c, r in rules.items()}
+    for c, (min_area, min_total, largest, _) in full.items():
         mask = pred == c
         labels, n = ndimage.label(mask, structure=np.ones((3, 3), int))
-        for j in range(1, n + 1):
-            comp = labels == j
-            if comp.sum() < min_area:
-                out[comp] = 0
+        sizes = [int((labels == j).sum()) for j in range(1, n + 1)]
+        for j, size in enumerate(sizes, start=1):
+            if (largest and size < max(sizes)) or (not largest and size < min_area):
+                out[labels == j] = 0
         left = (out == c) & mask
         if 0 < left.sum() < min_total:
             out[left] = 0
+    fills = {c for c, r in full.items() if r[3]}
+    removed = out.copy()
+    cross = ndimage.generate_binary_structure(2, 1)
+    labels, n = ndimage.label(removed == 0, structure=cross)
+    for j in range(1, n + 1):
+        region = labels == j
+        ys, xs = np.nonzero(region)
+        if ys.min() == 0 or xs.min() == 0 or ys.max() == pred.shape[0] - 1 or xs.max() == pred.shape[1] - 1:
+            continue
+        around = set(np.unique(removed[ndimage.binary_dilation(region, cross) & ~region]).tolist())
+        if len(around) == 1 and around <= fills:
+            out[region] = around.pop()
     return out
 
 
 def reference_postprocess(
-    pred: np.ndarray, by_name: dict[str, dict[str, int]], classes: list[dict[str, Any]]
+    pred: np.ndarray, by_name: dict[str, dict[str, Any]], classes: list[dict[str, Any]]
 ) -> np.ndarray:
-    """:func:`reference_apply` with the rules as metrics/infer.json names them: ``{name: {min_area, min_total}}``."""
+    """:func:`reference_apply` with the rules as metrics/infer.json names them: ``{name: {min_area, min_total[,
+    largest][, fill]}}``."""
     index = {c["name"]: int(c["index"]) for c in classes}
-    return reference_apply(pred, {index[n]: (r["min_area"], r["min_total"]) for n, r in by_name.items()})
+    return reference_apply(
+        pred,
+        {
+            index[n]: (r["min_area"], r["min_total"], r.get("largest", False), r.get("fill", False))
+            for n, r in by_name.items()
+        },
+    )
 
 
 def load_bench(file: str, name: str) -> Any:

@@ -129,6 +129,7 @@ class FoldSplit:
     val_ids: list[int]
     val_images: list[Path]
     val_masks: list[Path]
+    extra: int = 0  # the last ``extra`` training pairs are the extra ones (pseudo-labelled test images)
 
 
 def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tuple[Path, Path]] = ()) -> FoldSplit:
@@ -147,4 +148,5 @@ def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tupl
         val_ids=[int(i) for i in va["image_id"]],
         val_images=[images_root / f for f in va["file_name"]],
         val_masks=[layout.mask_path(i) for i in va["image_id"]],
+        extra=len(extra),
     )

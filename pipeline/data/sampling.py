@@ -6,12 +6,18 @@ large images still makes full batches (each sample a random crop of ``input_size
 on a foreground pixel of a class drawn uniformly among the classes present in the training masks (so a class under
 1% of the pixels is drawn as often as a common one), from an image containing it.
 
+With ``extra`` images (the pseudo-labelled test images of rounds 2+, last in the dataset) and ``extra_share``, that
+share of each epoch's samples is drawn from them and the rest from the labelled images, shuffled together (each batch
+holds the share on average); with ``extra_first`` epochs, those epochs draw only extra images and the later ones only
+labelled images (pretrain, then fine-tune). A sample centred on foreground is drawn from every image holding the class.
+
 Every draw comes from ``numpy.random.default_rng((seed, epoch))``: an epoch's samples depend on nothing else, so a
 resumed run repeats them exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -44,6 +50,24 @@ def foreground_points(masks: Sequence[np.ndarray], seed: int = 0) -> dict[int, l
     return points
 
 
+@dataclasses.dataclass(frozen=True)
+class Extra:
+    """The extra images of a round 2+ (its pseudo-labelled test images, last in the dataset) and how epochs draw them:
+    ``share`` of each epoch's samples (``None``: no split), or only them for the ``first`` epochs, then none."""
+
+    images: int = 0
+    share: float | None = None
+    first: int = 0
+
+    def share_at(self, epoch: int, n_images: int) -> float | None:
+        """The share of epoch ``epoch``'s samples drawn from the extra images (``None``: no split)."""
+        if self.images == 0 or self.images == n_images:
+            return None
+        if self.first:
+            return 1.0 if epoch < self.first else 0.0
+        return self.share
+
+
 class CropSampler(Sampler[tuple[int, int, int]]):
     """Yields ``(image index, y, x)`` per sample: a crop centred on pixel (y, x), or ``NO_CENTRE`` for a random one.
 
@@ -54,6 +78,7 @@ class CropSampler(Sampler[tuple[int, int, int]]):
         foreground_share: share of the samples centred on a foreground pixel (rounded to a whole count).
         seed: with the epoch (:meth:`set_epoch`), seeds every draw.
         rank, world: under DDP each process takes every ``world``-th sample from ``rank`` (``samples // world``).
+        extra: the extra (pseudo-labelled) images, last in the dataset, and their share of each epoch.
     """
 
     def __init__(
@@ -65,10 +90,14 @@ class CropSampler(Sampler[tuple[int, int, int]]):
         seed: int,
         rank: int = 0,
         world: int = 1,
+        extra: Extra = Extra(),  # noqa: B008 - frozen: one shared default is safe
     ) -> None:
         if not 0.0 <= foreground_share <= 1.0:
             raise ValueError(f"foreground_share must be in [0, 1], got {foreground_share}")
+        if not 0 <= extra.images <= n_images:
+            raise ValueError(f"extra images must be in [0, {n_images}], got {extra.images}")
         self.n_images, self.points, self.seed, self.rank, self.world = n_images, points, seed, rank, world
+        self.extra = extra
         self.samples = samples if samples is not None else n_images
         self.foreground_share = foreground_share if points else 0.0  # no foreground at all: random crops only
         self.epoch = 0
@@ -84,7 +113,14 @@ class CropSampler(Sampler[tuple[int, int, int]]):
         rng = np.random.default_rng((self.seed, epoch))
         n = self.samples
         out = np.full((n, 3), NO_CENTRE, dtype=np.int64)
-        if n == self.n_images:
+        share = self.extra.share_at(epoch, self.n_images)
+        if share is not None:  # labelled images [0, n - extra), extra ones after: each group its share
+            n_x = int(round(n * share))
+            labelled = self.n_images - self.extra.images
+            out[:, 0] = rng.permutation(
+                np.concatenate([_draw(rng, 0, labelled, n - n_x), _draw(rng, labelled, self.n_images, n_x)])
+            )
+        elif n == self.n_images:
             out[:, 0] = rng.permutation(self.n_images)  # one pass: every image once, as a shuffled loader would
         else:
             out[:, 0] = rng.integers(0, self.n_images, n)
@@ -101,6 +137,15 @@ class CropSampler(Sampler[tuple[int, int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         rows = self.draw(self.epoch)[: len(self) * self.world][self.rank :: self.world]
         return iter([(int(i), int(y), int(x)) for i, y, x in rows])
+
+
+def _draw(rng: np.random.Generator, lo: int, hi: int, n: int) -> np.ndarray:
+    """``n`` image indices from ``[lo, hi)``: each once (shuffled) while they last, then drawn with replacement."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    whole, rest = divmod(n, hi - lo)
+    passes = [rng.permutation(np.arange(lo, hi)) for _ in range(whole)]
+    return np.concatenate([*passes, rng.choice(np.arange(lo, hi), rest, replace=False)]).astype(np.int64)
 
 
 def centred_window(shape: tuple[int, int], size: tuple[int, int], y: int, x: int) -> tuple[int, int, int, int]:

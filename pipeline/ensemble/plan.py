@@ -23,7 +23,7 @@ from pipeline.ensemble.fit import ascend_weights, combine, fit_temperature, temp
 from pipeline.ensemble.members import Loaded, Runtime
 from pipeline.errors import UserError
 from pipeline.metrics import ConfusionMatrix, score_matrices
-from pipeline.oof import Memo, cross_fit, truth_reader
+from pipeline.oof import CrossFit, Memo, cross_fit, truth_reader
 from pipeline.paths import Layout
 from pipeline.store import SpillDict, Subset
 from pipeline.tta import describe
@@ -38,7 +38,7 @@ class Plan:
     weights: list[float]
     report: dict[str, Any]
     fallback: list[str]
-    postprocess: dict[int, pp.Rule] = dataclasses.field(default_factory=dict)  # class -> (min_area, min_total)
+    postprocess: dict[int, pp.Rule] = dataclasses.field(default_factory=dict)  # class -> its rule
 
 
 def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None) -> Plan:
@@ -89,6 +89,22 @@ def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, u
         planner.close()
 
 
+def pseudo_rules(
+    params: Params, layout: Layout, loaded: Loaded, rt: Runtime, ttas: dict[str, TtaConfig], sets: list[int | str]
+) -> tuple[dict[str, dict[int, pp.Rule]], dict[str, Any]]:
+    """The pseudo-labelling ensemble's post-processing (``infer.postprocess``), per pseudo set, fitted on round-1
+    OOF predictions as infer fits its own (:meth:`_OofPlanner.set_rules`: set k's never sees fold k)."""
+    folds = sorted(set.intersection(*(set(by_fold) for by_fold in loaded.groups.values())))
+    choices = {n: TtaChoice(t) for n, t in ttas.items()}
+    planner = _OofPlanner(
+        params, layout, loaded, rt, oof_data(layout, params, folds), truth_reader(layout), choices, {}, []
+    )
+    try:
+        return planner.set_rules(sets)
+    finally:
+        planner.close()
+
+
 class _OofPlanner:
     """The OOF half of :func:`plan_ensemble`: probabilities and matrices predicted once, choices cross-fitted.
 
@@ -121,8 +137,11 @@ class _OofPlanner:
         self._probs: Memo[SpillDict] = Memo(self._predict)
         self._model_mats: Memo[np.ndarray] = Memo(self._model_matrices)
         self._ens_mats: Memo[np.ndarray] = Memo(self._ensemble_matrices)
+        self._argmax: Memo[SpillDict] = Memo(self._ensemble_argmax)
         self._pp_stacks: Memo[pp.Stack] = Memo(self._pp_stack)
-        self.grid = pp.Grid.for_pixels(int(np.median([self.truth[i].size for i in self.ids])))
+        self._holes: Memo[np.ndarray] = Memo(self._hole_stack)
+        pixels = int(np.median([self.truth[i].size for i in self.ids]))
+        self.grid = pp.Grid.for_pixels(pixels, shapes=self.p.postprocess == "shapes")
 
     # -- predicted once per key
     def _predict(self, key: tuple[str, Any]) -> dict[str, np.ndarray]:
@@ -142,42 +161,86 @@ class _OofPlanner:
             outs = [pm[i] if t == 1.0 else temper(pm[i], t).astype(np.float16) for pm, t in zip(per_model, temps)]
             yield i, combine(outs, weights, self.p.space).argmax(0)
 
+    def _ensemble_argmax(self, key: tuple[Any, ...]) -> SpillDict:
+        """The ensemble ``key``'s (H, W) uint8 argmax of every OOF image, spilled: post-processing re-reads it."""
+        preds = SpillDict(self.scratch)
+        for i, pred in self._ensemble_preds(key):
+            preds[i] = pred.astype(np.uint8)
+        return preds
+
     def _pp_stack(self, key: tuple[Any, ...]) -> pp.Stack:
-        """The post-processing search's per-image statistics of the ensemble ``key``."""
-        stats = [
-            pp.image_stats(pred, self.truth[i], self.num_classes, self.grid.areas)
-            for i, pred in self._ensemble_preds(key)
-        ]
+        """The post-processing search's per-image removal statistics of the ensemble ``key``."""
+        preds = self._argmax(key)
+        stats = [pp.image_stats(preds[i], self.truth[i], self.num_classes, self.grid.areas) for i in self.ids]
         return pp.Stack(stats, self.grid)
 
-    def postprocess(self, ens: Any) -> tuple[dict[int, pp.Rule], dict[str, Any]]:
+    def _hole_stack(self, key: tuple[tuple[Any, ...], tuple[tuple[int, pp.Rule], ...]]) -> np.ndarray:
+        """(N, C, C) hole statistics of the ensemble ``key[0]``'s argmax after the removal rules ``key[1]``."""
+        preds, removal = self._argmax(key[0]), dict(key[1])
+        return np.stack([pp.hole_stats(pp.apply(preds[i], removal), self.truth[i], self.num_classes) for i in self.ids])
+
+    def _pp_matrices(self, key: tuple[Any, ...], rules: dict[int, pp.Rule]) -> np.ndarray:
+        """(N, C, C) matrices of the ensemble ``key`` with ``rules`` applied (holes counted when a rule fills)."""
+        holes = None
+        if any(r.fill for r in rules.values()):
+            removal = tuple(sorted((c, r._replace(fill=False)) for c, r in rules.items() if r.removes))
+            holes = self._holes((key, removal))
+        return self._pp_stacks(key).matrices_for(rules, holes=holes)
+
+    def postprocess(self, ens: Any) -> tuple[CrossFit[tuple[Any, dict[int, pp.Rule]]], dict[str, Any]]:
         """Per-class rules fitted on the ensemble's OOF (fold k's on the ensemble chosen without it: cross-fitted as
-        every other choice), with the report's section (the rules, the grid, the figures before) and the figures
-        after, in-sample and cross-fitted."""
+        every other choice): the cross-fit (``.choice[1]`` the rules, ``.fold_choices[k][1]`` fold k's), the report's
+        section (the rules, the grid, the figures before) and the figures after, in-sample and cross-fitted."""
 
         def choose(k: int | None) -> tuple[Any, dict[int, pp.Rule]]:
             key = ens.choice if k is None else ens.fold_choices[k]
             where = None if k is None else self.image_folds != k
-            return key, pp.fit(self._pp_stacks(key), self.grid, self.metric, where)[0]
+            stack = self._pp_stacks(key)
+            rules = pp.fit(stack, self.grid, self.metric, where)[0]
+            if self.grid.fill:  # holes on the map the removal leaves
+                holes = self._holes((key, tuple(sorted(rules.items()))))
+                rules = pp.fit_fill(stack, rules, holes, self.metric, where)[0]
+            return key, rules
 
-        cf = cross_fit(self.image_folds, choose, lambda c: self._pp_stacks(c[0]).matrices_for(c[1]), self.metric)
+        cf = cross_fit(self.image_folds, choose, lambda c: self._pp_matrices(*c), self.metric)
         rules = cf.choice[1]
         section = {
             "rules": pp.describe(rules, self.loaded.classes),
-            "grid": {"min_area": list(self.grid.areas), "min_total": list(self.grid.totals)},
+            "grid": {
+                "min_area": list(self.grid.areas),
+                "min_total": list(self.grid.totals),
+                "largest": self.grid.largest,
+                "fill": self.grid.fill,
+            },
             "before": {"oof_mIoU": ens.in_sample_miou, **ens.figures()},  # the ensemble's argmax, unchanged
         }
         print(
             f"post-processing: {section['rules'] or 'no rule helps'}; {self.metric} in-sample {ens.in_sample:.5f} -> "
             f"{cf.in_sample:.5f}, cross-fitted {_fmt(ens.cross_fitted)} -> {_fmt(cf.cross_fitted)}"
         )
-        return rules, {"section": section, "after": {"oof_mIoU": cf.in_sample_miou, **cf.figures()}}
+        return cf, {"section": section, "after": {"oof_mIoU": cf.in_sample_miou, **cf.figures()}}
+
+    def set_rules(self, sets: list[int | str]) -> tuple[dict[str, dict[int, pp.Rule]], dict[str, Any]]:
+        """Each pseudo set's rules for the ensemble of the chosen TTA sets at equal weights (as it labels): set k's
+        fitted without fold k's images, so round-2 fold k's validation truth never shapes its pseudo-labels (none
+        with one fold); set ``all``'s on every fold; with the post-processing report."""
+        key = (
+            tuple(tta_key(self.choices[n].tta) for n in self.names),
+            tuple(1.0 for _ in self.names),
+            tuple([1.0 / len(self.names)] * len(self.names)),
+        )
+        ens = cross_fit(self.image_folds, lambda k: key, self._ens_mats, self.metric)
+        cf, figures = self.postprocess(ens)
+        by_set = {
+            str(s): cf.choice[1] if s == "all" else cf.fold_choices[s][1] if s in cf.fold_choices else {} for s in sets
+        }
+        return by_set, {**figures["section"], "after": figures["after"]}
 
     def close(self) -> None:
         """Release the spill files (they have no name on disk; this frees their space now)."""
         self.truth.close()
-        for probs in self._probs.values.values():
-            probs.close()
+        for spilled in (*self._probs.values.values(), *self._argmax.values.values()):
+            spilled.close()
 
     def _model_matrices(self, key: tuple[str, Any], temperature: float = 1.0) -> np.ndarray:
         probs = self._probs(key)
@@ -256,8 +319,9 @@ class _OofPlanner:
             f"cross-fitted {_fmt(ens.cross_fitted)}"
         )
         rules: dict[int, pp.Rule] = {}
-        if self.p.postprocess == "auto":  # the top-level OOF figures are then the submission's: ensemble + rules
-            rules, figures = self.postprocess(ens)
+        if self.p.postprocess != "none":  # the top-level OOF figures are then the submission's: ensemble + rules
+            cf, figures = self.postprocess(ens)
+            rules = cf.choice[1]
             report["postprocess"] = figures["section"]
             report.update(figures["after"])
         ttas = {n: _tta(tk) for n, tk in zip(self.names, tks)}

@@ -16,6 +16,7 @@ then its side outputs; :class:`pipeline.losses.WeightedLoss` sums over them); th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
@@ -76,9 +77,65 @@ def list_decoders() -> list[str]:
     return [cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()]
 
 
-def map_logits(out: Logits, fn: Callable[[torch.Tensor], torch.Tensor]) -> Logits:
-    """``fn`` of the logits, or of each member of a deep-supervision tuple."""
+@dataclasses.dataclass
+class WithPresence:
+    """A training output of a model with a class-presence head (:class:`PresenceHead`): the logits (or a
+    deep-supervision tuple) and (B, num_classes) presence logits, one per class."""
+
+    logits: Logits
+    presence: torch.Tensor
+
+
+def map_logits(out: Logits | WithPresence, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` of the logits, of each member of a deep-supervision tuple, or of a :class:`WithPresence`'s logits."""
+    if isinstance(out, WithPresence):
+        return WithPresence(map_logits(out.logits, fn), out.presence)
     return tuple(fn(z) for z in out) if isinstance(out, tuple) else fn(out)
+
+
+class PresenceHead(nn.Module):
+    """An image-level class-presence head (UW-Madison 1st, Severstal, HuBMAP 2021 1st): the deepest encoder
+    features, average-pooled, through dropout and a linear layer to one logit per class, trained with BCE on which
+    classes the training mask holds (:class:`pipeline.losses.WeightedLoss`). In training the output is a
+    :class:`WithPresence`; in eval the network's logits alone, so inference, TTA and ensembling are unchanged.
+
+    The features are taken by a forward hook on ``features``, the module whose output (a tensor, or a list of them:
+    the last is the deepest) has ``channels`` channels: an SMP model's encoder, the ViT pyramid.
+    """
+
+    def __init__(self, net: nn.Module, features: nn.Module, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.net = net
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(channels, num_classes)
+        )
+        self._deepest: torch.Tensor | None = None
+        features.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._deepest = output[-1] if isinstance(output, (list, tuple)) else output
+
+    def forward(self, x: torch.Tensor) -> Logits | WithPresence:
+        out = self.net(x)
+        deepest, self._deepest = self._deepest, None
+        if not self.training:
+            return out
+        if deepest is None:
+            raise RuntimeError("PresenceHead: the feature hook did not run")
+        return WithPresence(out, self.head(deepest))
+
+
+def _presence_features(net: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, int]:
+    """The module a :class:`PresenceHead` hooks and its deepest channel count, per adapter."""
+    if isinstance(net, ViTPyramidSegmenter):
+        return net.pyramid, int(net.encoder.embed_dim)
+    encoder = getattr(net, "encoder", None)
+    if encoder is None or not hasattr(encoder, "out_channels"):
+        raise UserError(
+            f"presence_head: adapter {cfg.adapter} has no encoder features to pool; use adapter smp or vit_pyramid "
+            "(or presence_head: 0)"
+        )
+    return encoder, int(encoder.out_channels[-1])
 
 
 class PadCropWrapper(nn.Module):
@@ -198,12 +255,15 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
             "classes; use head: softmax"
         )
     net, stride = adapter(cfg, 1 if cfg.head == "sigmoid" else num_classes)
+    features = _presence_features(net, cfg) if cfg.presence_head else None
     if cfg.head == "sigmoid":
         net = SigmoidAsTwoClass(net)
     if cfg.refine < 0:
         raise UserError(f"refine: must be 0 (no refinement head) or a channel count, got {cfg.refine}")
     if cfg.refine:
         net = RefineHead(net, cfg.in_channels, num_classes, cfg.refine)
+    if features is not None:
+        net = PresenceHead(net, *features, num_classes)
     fixed = _fixed_input_size(net)
     if fixed is not None and (fixed[0] % stride or fixed[1] % stride):
         rounded = [-(-v // stride) * stride for v in fixed]

@@ -21,7 +21,7 @@ from pipeline.data.cache import Storage
 from pipeline.data.dataset import SegDataset, build_transform
 from pipeline.data.folds import FoldSplit
 from pipeline.data.paste import PastedDataset, PasteSampler
-from pipeline.data.sampling import CropSampler, foreground_points
+from pipeline.data.sampling import CropSampler, Extra, foreground_points
 from pipeline.errors import UserError
 from pipeline.io import load_torch
 from pipeline.losses import WeightedLoss
@@ -70,19 +70,30 @@ def sampled_data(
     cfg: ModelConfig, split: FoldSplit, transform: Any, storage: Storage, ctx: Context
 ) -> tuple[SegDataset, Sampler[Any] | None]:
     """The training dataset and its sampler: ``None`` (the loader shuffles one pass, as always) unless the recipe
-    sets ``samples_per_epoch`` or ``foreground_share``, then a :class:`CropSampler` seeded from (seed, epoch)."""
+    sets ``samples_per_epoch`` or ``foreground_share``, or a round 2+ sets the pseudo-labels' share or pretraining,
+    then a :class:`CropSampler` seeded from (seed, epoch)."""
     rec, ddp = cfg.recipe, ctx.ddp
     crop = cfg.input_size if cfg.resize == "pad" else None  # resize: the whole image is the sample
     train_ds = SegDataset(
         split.train_images, split.train_masks, transform, preload=storage.preload, crop=crop, cache=storage.cache
     )
-    if rec.samples_per_epoch is None and rec.foreground_share == 0.0:
+    split_extra = split.extra > 0 and (rec.pseudo_share is not None or rec.pseudo_pretrain > 0)
+    if rec.samples_per_epoch is None and rec.foreground_share == 0.0 and not split_extra:
         if ddp.world == 1:
             return train_ds, None
         return train_ds, DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
-    points = foreground_points(Lazy(len(train_ds), train_ds.original_mask), seed=rec.seed)
+    points = (
+        foreground_points(Lazy(len(train_ds), train_ds.original_mask), seed=rec.seed) if rec.foreground_share else {}
+    )
     sampler = CropSampler(
-        len(train_ds), points, rec.samples_per_epoch, rec.foreground_share, rec.seed, ddp.rank, ddp.world
+        len(train_ds),
+        points,
+        rec.samples_per_epoch,
+        rec.foreground_share,
+        rec.seed,
+        ddp.rank,
+        ddp.world,
+        Extra(split.extra, rec.pseudo_share, rec.pseudo_pretrain),
     )
     return train_ds, sampler
 
@@ -236,7 +247,7 @@ def build_optimisation(
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=rec.ema)
-    criterion = WeightedLoss(rec.loss, rec.class_weights).to(device)
+    criterion = WeightedLoss.for_config(cfg).to(device)
     net: torch.nn.Module = DistributedDataParallel(model) if ctx.ddp.world > 1 else model
     if rec.compile:
         net = torch.compile(net)  # type: ignore[assignment]

@@ -18,6 +18,7 @@ import torch
 from helpers import reference_postprocess
 
 from pipeline import infer, rle
+from pipeline import postprocess as pp
 from pipeline.ablation import ablation_markdown, best_fold, run_ablation
 from pipeline.config import ModelConfig, from_dict, read_yaml
 from pipeline.data.dataset import normalize
@@ -141,16 +142,14 @@ def test_tta_none_on_a_folder_of_images(trained: Project, tmp_path: Path, monkey
         shutil.copy(src, dest)
     out, report_path = tmp_path / "new.csv", tmp_path / "report.json"
     monkeypatch.chdir(p.root)  # the CLI's layout is the working directory's
-    assert (
-        infer.main(
-            ["--ensemble", "--tta", "none", "--images", str(folder), "--output", str(out), "--report", str(report_path)]
-        )
-        == 0
-    )
+    params = p.write_params("params_shapes.yaml", infer={"postprocess": "shapes"})  # keep-largest, filling too
+    argv = ["--ensemble", "--params", str(params), "--tta", "none", "--images", str(folder), "--output", str(out)]
+    assert infer.main([*argv, "--report", str(report_path)]) == 0
 
     report = read_json(report_path)
     assert report["per_model"][p.model]["tta"] == "none" and "tta_candidates" not in report["per_model"][p.model]
     assert "leaderboard" not in report  # no truth for new images
+    assert report["postprocess"]["grid"]["largest"] and report["postprocess"]["grid"]["fill"]
     # no sample: one row per (image, foreground class), images numbered 1..N in sorted path order
     classes = read_json(p.layout.classes_json)
     shapes = {str(i): (64, 84) for i in (1, 2, 3)}
@@ -240,8 +239,22 @@ def pseudo(trained: Project) -> dict[str, Any]:
     }
 
 
+def other_fold_rules(p: Project, fold: int) -> dict[int, pp.Rule]:
+    """The post-processing search run on fold ``fold``'s validation images alone, their argmax predicted here by that
+    fold's model (the reference, not the inference code)."""
+    folds = pd.read_csv(p.layout.folds_csv)
+    preds, truths = [], []
+    for row in folds[folds["fold"] == fold].itertuples():
+        preds.append(fold_probs(p, fold, Path(p.data.root) / "images" / row.file_name).argmax(0).astype(np.uint8))
+        truths.append(read_mask(p.layout.mask_path(int(row.image_id))))
+    grid = pp.Grid.for_pixels(int(np.median([t.size for t in truths])), shapes=False)  # infer.postprocess: auto
+    stack = pp.Stack([pp.image_stats(a, t, NUM_CLASSES, grid.areas) for a, t in zip(preds, truths)], grid)
+    return pp.fit(stack, grid, p.params.metric.name)[0]
+
+
 def test_leak_free_pseudo_labels_one_set_per_fold(trained: Project, pseudo: dict[str, Any]) -> None:
     p, threshold = trained, pseudo["leak_free_params"].pseudo.threshold
+    classes = read_json(p.layout.classes_json)
     assert set(pseudo["leak_free"]["sets"]) == {"0", "1"}
     tests = read_json(Path(p.data.root) / "test.json")["images"]
     masks = {}
@@ -251,12 +264,18 @@ def test_leak_free_pseudo_labels_one_set_per_fold(trained: Project, pseudo: dict
         assert len(index) == len(tests)  # min_confident 0 keeps every image
         summary = read_json(d / "summary.json")
         assert summary["set"] == str(fold) and summary["folds"] == [fold] and summary["kept_images"] == len(tests)
+        # set k's post-processing is fitted on the other fold's OOF alone (fold k's truth never shapes it)
+        assert summary["postprocess"] == pp.describe(other_fold_rules(p, 1 - fold), classes)
         for row in index.itertuples():
             mask = read_mask(d / row.mask)
-            # set k comes from fold k's model alone: 255 exactly where its top probability is under the threshold
+            # set k comes from fold k's model alone: 255 exactly where its top probability is under the threshold,
+            # except what the rules change, labelled as they say
             probs = fold_probs(p, fold, Path(p.data.root) / "images" / row.file_name)
             top, label = probs.max(0), probs.argmax(0)
-            clear = np.abs(top - threshold) > 1e-4  # leave out pixels whose side of the threshold is a rounding
+            post = reference_postprocess(label, summary["postprocess"], classes)
+            changed = post != label
+            assert np.array_equal(mask[changed], post[changed])
+            clear = (np.abs(top - threshold) > 1e-4) & ~changed  # leave out pixels whose side is a rounding
             assert np.array_equal((mask == 255)[clear], (top < threshold)[clear])
             sure = clear & (top >= threshold)
             assert np.array_equal(mask[sure], label[sure])
@@ -290,12 +309,13 @@ def test_round2_trains_on_pseudo_labels_with_its_own_epochs_lr_and_init(
     p, fold = trained, 0
     params = pseudo["leak_free_params"]
     params = dataclasses.replace(
-        params, pseudo=dataclasses.replace(params.pseudo, epochs=1, lr_scale=0.5, init_from_previous=True)
+        params, pseudo=dataclasses.replace(params.pseudo, epochs=1, lr_scale=0.5, init_from_previous=True, share=0.5)
     )
     metrics = train_round(p.cfg, p.model, fold, p.layout, params, round_=2)
     assert metrics is not None and metrics["epochs"] == 1  # pseudo.epochs, not the recipe's
     saved = read_yaml(p.layout.model_dir(p.model, fold, 2) / "config.yaml")
     assert saved["recipe"]["epochs"] == 1 and saved["recipe"]["lr"] == pytest.approx(p.cfg.recipe.lr * 0.5)
+    assert saved["recipe"]["pseudo_share"] == 0.5  # half of each epoch's samples from the pseudo-labels (sampler)
     # the pseudo-labelled test images join the training side: more steps per epoch than round 1
     r1, r2 = (pd.read_csv(p.layout.curve_path(p.model, fold, r)) for r in (1, 2))
     assert len(pseudo_pairs(params, p.layout, fold)) > 0 and r2["step"].iloc[0] > r1["step"].iloc[0]

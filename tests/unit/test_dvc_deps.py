@@ -423,7 +423,15 @@ def _covered(read: str, declared: set[str]) -> bool:
 # Keys the code of a stage can read but that stage never does, each with the reason (checked to be needed).
 NOT_READ_BY = {
     "train": (
-        {"pseudo.rounds", "pseudo.source", "pseudo.epochs", "pseudo.lr_scale", "pseudo.init_from_previous"},
+        {
+            "pseudo.rounds",
+            "pseudo.source",
+            "pseudo.epochs",
+            "pseudo.lr_scale",
+            "pseudo.init_from_previous",
+            "pseudo.share",
+            "pseudo.pretrain_epochs",
+        },
         "round 1: train_round returns train_fold's result before reading any pseudo key, and training_round_runs is "
         "true for round 1 without reading pseudo.rounds",
     ),

@@ -249,6 +249,44 @@ def test_sigmoid_head_needs_a_binary_task() -> None:
         build_model(dataclasses.replace(CNN, head="sigmoid"), NUM_CLASSES)
 
 
+@pytest.mark.parametrize("which", ["smp", "vit_pyramid"])
+def test_presence_head_trains_on_the_classes_each_mask_holds_and_leaves_eval_unchanged(which: str) -> None:
+    base = CNN if which == "smp" else BEIT
+    torch.manual_seed(0)
+    plain = build_model(base, NUM_CLASSES).eval()
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(base, presence_head=0.4), NUM_CLASSES)
+    assert isinstance(model.net, registry.PresenceHead)
+    model.net.net.load_state_dict(plain.net.state_dict())  # the same network under the head
+    x = torch.randn(2, 3, H, W)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), plain(x))  # eval: the logits alone
+    out = model.train()(x)
+    assert isinstance(out, registry.WithPresence) and out.logits.shape == (2, NUM_CLASSES, H, W)
+    assert out.presence.shape == (2, NUM_CLASSES)
+    target = torch.zeros(2, H, W, dtype=torch.long)
+    target[0, :5, :5], target[1, -3:, -3:], target[1, 0, 0] = 3, 7, 255  # image 0: {0, 3}; image 1: {0, 7}
+    loss = WeightedLoss.for_config(dataclasses.replace(base, presence_head=0.4))
+    seg = WeightedLoss(base.recipe.loss, base.recipe.class_weights)(out.logits, target)
+    # BCE written out by hand: -(y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))), y from the pixels above
+    y = torch.zeros(2, NUM_CLASSES)
+    y[0, [0, 3]], y[1, [0, 7]] = 1.0, 1.0
+    p = torch.sigmoid(out.presence.float())
+    bce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    total = loss(out, target)
+    assert torch.allclose(total, seg + 0.4 * bce, atol=1e-5)
+    total.backward()
+    assert model.net.head[-1].weight.grad.abs().sum() > 0
+
+
+def test_presence_head_needs_encoder_features() -> None:
+    u2 = load_model_config(Path(__file__).resolve().parents[2] / "configs" / "models" / "u2net.yaml")
+    with pytest.raises(UserError, match="presence_head: adapter u2net has no encoder features"):
+        build_model(dataclasses.replace(tiny_variant(u2), presence_head=0.5), NUM_CLASSES)
+    with pytest.raises(UserError, match="presence_head must be 0"):
+        dataclasses.replace(CNN, presence_head=-1.0)
+
+
 def test_refine_must_not_be_negative() -> None:
     with pytest.raises(UserError, match="refine: must be 0"):
         build_model(dataclasses.replace(CNN, refine=-1), NUM_CLASSES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline.config import Recipe
 from pipeline.data.dataset import SegDataset
-from pipeline.data.sampling import NO_CENTRE, CropSampler, centred_window, foreground_points
+from pipeline.data.sampling import NO_CENTRE, CropSampler, Extra, centred_window, foreground_points
 from pipeline.errors import UserError
 from pipeline.io import write_png
 
@@ -141,3 +142,47 @@ def test_recipe_rejects_bad_sampling_values() -> None:
         Recipe(samples_per_epoch=0)
     with pytest.raises(UserError, match="foreground_share"):
         Recipe(foreground_share=1.5)
+
+
+def test_pseudo_share_draws_that_share_from_the_extra_images_every_epoch() -> None:
+    """10 labelled images then 30 pseudo-labelled ones: a share of 0.12 gives round(40 x 0.12) = 5 extra samples an
+    epoch, the labelled 35 cover the 10 images (3 whole passes, then 5 distinct), shuffled together."""
+    s = CropSampler(40, {}, samples=None, foreground_share=0.0, seed=0, extra=Extra(30, 0.12))
+    for epoch in (0, 1):
+        images = s.draw(epoch)[:, 0]
+        assert len(images) == 40 and (images >= 10).sum() == 5
+        counts = np.bincount(images[images < 10], minlength=10)
+        assert sorted(counts.tolist()) == [3] * 5 + [4] * 5
+    assert not np.array_equal(np.sort(s.draw(0)[:, 0]), np.sort(s.draw(1)[:, 0]))  # other extra images each epoch
+    # without extra images (round 1) the share changes nothing: one pass over the files
+    plain = CropSampler(40, {}, samples=None, foreground_share=0.0, seed=0, extra=Extra(0, 0.12))
+    assert sorted(plain.draw(0)[:, 0].tolist()) == list(range(40))
+
+
+def test_pseudo_pretraining_draws_only_extra_then_only_labelled_images() -> None:
+    s = CropSampler(12, {}, samples=None, foreground_share=0.0, seed=0, extra=Extra(8, first=2))
+    assert [s.extra.share_at(e, 12) for e in range(4)] == [1.0, 1.0, 0.0, 0.0]
+    for e in (0, 1):  # 12 samples of the 8 extra images: each once, then 4 distinct
+        assert (s.draw(e)[:, 0] >= 4).all() and sorted(np.bincount(s.draw(e)[:, 0])[4:].tolist()) == [1] * 4 + [2] * 4
+    for e in (2, 3):  # 12 samples of the 4 labelled images: 3 whole passes
+        assert np.bincount(s.draw(e)[:, 0], minlength=12).tolist() == [3] * 4 + [0] * 8
+
+
+def test_pseudo_variants_reach_the_round_recipe_and_bad_values_stop() -> None:
+    from pipeline.config import ModelConfig, Params, PseudoParams
+    from pipeline.training.recipe import round_config
+
+    cfg = ModelConfig(decoder="Unet", encoder="resnet10t")
+    params = Params()
+    mixed = dataclasses.replace(params, pseudo=dataclasses.replace(params.pseudo, share=0.5))
+    r2, _ = round_config(cfg, mixed)
+    assert (r2.recipe.pseudo_share, r2.recipe.pseudo_pretrain, r2.recipe.epochs) == (0.5, 0, 2)
+    pre = dataclasses.replace(params, pseudo=dataclasses.replace(params.pseudo, pretrain_epochs=1))
+    assert round_config(cfg, pre)[0].recipe.pseudo_pretrain == 1
+    assert cfg.recipe.pseudo_share is None and cfg.recipe.pseudo_pretrain == 0  # round 1 untouched
+    with pytest.raises(UserError, match="no epoch to fine-tune"):
+        round_config(cfg, dataclasses.replace(params, pseudo=dataclasses.replace(params.pseudo, pretrain_epochs=2)))
+    with pytest.raises(UserError, match="pseudo.share must be in"):
+        PseudoParams(share=1.5)
+    with pytest.raises(UserError, match="exclude each other"):
+        PseudoParams(share=0.5, pretrain_epochs=1)
