@@ -241,11 +241,13 @@ def pseudo(trained: Project) -> dict[str, Any]:
 
 def other_fold_rules(p: Project, fold: int) -> dict[int, pp.Rule]:
     """The post-processing search run on fold ``fold``'s validation images alone, their argmax predicted here by that
-    fold's model (the reference, not the inference code)."""
+    fold's model (the reference, not the inference code), of the probabilities rounded to float16 as the OOF planner
+    keeps them (a tiny model's near-ties would otherwise flip pixels)."""
     folds = pd.read_csv(p.layout.folds_csv)
     preds, truths = [], []
     for row in folds[folds["fold"] == fold].itertuples():
-        preds.append(fold_probs(p, fold, Path(p.data.root) / "images" / row.file_name).argmax(0).astype(np.uint8))
+        probs = fold_probs(p, fold, Path(p.data.root) / "images" / row.file_name).astype(np.float16)
+        preds.append(probs.argmax(0).astype(np.uint8))
         truths.append(read_mask(p.layout.mask_path(int(row.image_id))))
     grid = pp.Grid.for_pixels(int(np.median([t.size for t in truths])), shapes=False)  # infer.postprocess: auto
     stack = pp.Stack([pp.image_stats(a, t, NUM_CLASSES, grid.areas) for a, t in zip(preds, truths)], grid)
