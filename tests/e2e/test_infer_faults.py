@@ -75,8 +75,8 @@ def test_the_infer_stage_names_infer_batch_size(trained: Project, monkeypatch: p
     seen = out_of_memory(monkeypatch, torch.cuda.OutOfMemoryError(CUDA_OOM))
     msg = one_line(cli_error(stages.infer.main, []))
     assert msg == (
-        "fold 0: predicting out of fold (to choose TTA and weights): out of memory at infer.batch_size 16; set "
-        "infer.batch_size to 8"
+        "fold 0: predicting out of fold (to choose TTA, weights and post-processing): out of memory at "
+        "infer.batch_size 16; set infer.batch_size to 8"
     ), msg
     assert seen == [16]  # one forward, of infer.batch_size images
     assert (p.layout.ledger.read_bytes() if p.layout.ledger.is_file() else None) == ledger  # no row for no submission
@@ -141,7 +141,14 @@ def test_the_pseudo_stage_names_infer_batch_size(trained: Project, monkeypatch: 
     monkeypatch.chdir(p.root)
     before = sorted(p.layout.pseudo_dir(1, 0).parent.glob("*")) if p.layout.pseudo_dir(1, 0).parent.is_dir() else []
     out_of_memory(monkeypatch, torch.cuda.OutOfMemoryError(CUDA_OOM))
+    # the default first predicts the folds' OOF, to fit the post-processing rules the pseudo-labels get
     msg = one_line(cli_error(stages.pseudo.main, ["--round", "1"]))
+    assert msg == (
+        "fold 0: predicting out of fold (to choose TTA, weights and post-processing): out of memory at "
+        "infer.batch_size 16; set infer.batch_size to 8"
+    ), msg
+    plain = p.write_params("params_nopp.yaml", infer={"postprocess": "none"})  # then the labelling itself
+    msg = one_line(cli_error(stages.pseudo.main, ["--round", "1", "--params", str(plain)]))
     assert msg == (
         "pseudo set 0: labelling the test images: out of memory at infer.batch_size 16; set infer.batch_size to 8"
     ), msg
