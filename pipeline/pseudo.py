@@ -94,6 +94,32 @@ def set_rules(
     return rules, report
 
 
+def pseudo_ttas(
+    params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None
+) -> tuple[dict[str, TtaConfig], list[str]]:
+    """Each model config's TTA set by ``pseudo.tta`` (the same none / config / auto resolution as infer; auto chooses
+    on OOF) and the fallbacks taken (``unavailable``: why there is no OOF, or ``None``)."""
+    p, num_classes = params.pseudo, len(loaded.classes)
+    data = oof_data(layout, params, params.train.folds) if p.tta == "auto" and unavailable is None else None
+    ttas: dict[str, TtaConfig] = {}
+    fallback = []
+    for name, by_fold in loaded.groups.items():
+        choice = resolve_tta(
+            p.tta,
+            "pseudo.tta",
+            loaded.cfgs[name].tta,
+            unavailable,
+            params.infer.allow_fallback,
+            lambda by_fold=by_fold: TtaSearch(  # type: ignore[misc]
+                by_fold, data, truth_reader(layout), rt, num_classes, params.metric.name
+            ),
+        )
+        ttas[name] = choice.tta
+        if choice.fallback:
+            fallback.append(f"{name}: {choice.fallback}")
+    return ttas, fallback
+
+
 def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[str, Any]:
     """Write the pseudo-label sets of ``round_`` (PNG masks + index.csv + summary.json per set)."""
     p = params.pseudo
@@ -110,24 +136,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     rt = Runtime.of(loaded, params.infer, device)  # infer.sliding, batching and TTA batching apply here too
     tile, amp_ctx = rt.tile, rt.amp_ctx
     unavailable = oof_unavailable(layout, members)
-    data = oof_data(layout, params, params.train.folds) if p.tta == "auto" and unavailable is None else None
-    ttas: dict[str, TtaConfig] = {}
-    fallback = []
-    for name, by_fold in loaded.groups.items():  # the same none / config / auto resolution as infer
-        choice = resolve_tta(
-            p.tta,
-            "pseudo.tta",
-            loaded.cfgs[name].tta,
-            unavailable,
-            params.infer.allow_fallback,
-            lambda by_fold=by_fold: TtaSearch(  # type: ignore[misc]
-                by_fold, data, truth_reader(layout), rt, len(classes), params.metric.name
-            ),
-        )
-        ttas[name] = choice.tta
-        if choice.fallback:
-            fallback.append(f"{name}: {choice.fallback}")
-    out["fallback"] = fallback
+    ttas, out["fallback"] = pseudo_ttas(params, layout, loaded, rt, unavailable)
     sets = pseudo_sets(params)
     rules, out["postprocess"] = set_rules(params, layout, loaded, rt, ttas, sets, unavailable)
     ds = SegDataset(tests.paths, None, None, preload=False)

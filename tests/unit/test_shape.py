@@ -15,7 +15,6 @@ ALLOWED = {
     "pipeline.data.coco.load_coco": "the COCO validator: one check per malformation, each with its own message",
     "pipeline.importers.__main__.main": "the importers' argparse: one sub-parser per importer, every option helped",
     "pipeline.importers.rle_csv.import_rle_csv": "match the CSV's ids to image files, then write: one pass each",
-    "pipeline.pseudo.make_pseudo_labels": "the pseudo stage's loop over sets; its summary is built beside the masks",
     "pipeline.report.write_summary": "the report's markdown, written section by section in reading order",
 }
 
