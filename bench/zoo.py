@@ -12,8 +12,9 @@ points at nothing); the harness scores the written submission afterwards with th
 - ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage); on a branch whose params.yaml has
   no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
 
-Prints a table and writes it to ``bench/RESULTS.md`` (``--out``): competition, variant, local-leaderboard mIoU, mBIoU,
-minimum class IoU, train minutes (all folds and rounds, from each fold's metrics.json), and the plan's choices.
+Prints a table and writes it to the head of ``bench/RESULTS.md`` (``--out``; its other ``## `` sections are kept):
+competition, variant, local-leaderboard mIoU, mBIoU, minimum class IoU, train minutes (all folds and rounds, from each
+fold's metrics.json), and the plan's choices.
 
     python bench/zoo.py [--competitions objects,silhouette] [--small] [--budget-minutes 30] [--folds 5]
 """
@@ -229,8 +230,18 @@ def main(argv: list[str] | None = None) -> int:
         "LB: the local leaderboard on the held-back test truth (the pipeline never saw it); min class IoU over the "
         "foreground classes in the test truth; train min: all folds and rounds.\n\n"
     )
-    Path(args.out).write_text(header + text + "\n", encoding="utf-8")
+    write_zoo_section(Path(args.out), header + text + "\n")
     return 0
+
+
+def write_zoo_section(path: Path, section: str) -> None:
+    """Replace the zoo section (the file's head, up to its first ``## `` heading) and keep the other sections."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    cut = old.find("\n## ")
+    rest = old[cut + 1 :] if cut >= 0 else ""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(section + ("\n" + rest if rest else ""), encoding="utf-8")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,12 @@ def test_zoo_bench_runs_the_pipeline_on_a_tiny_silhouette(tmp_path: Path) -> Non
     # 48 train images: fold 0 of 5 keeps 38, more than one batch of cnn_default (32).
     silhouette.generate(comp, truth, n_train=48, n_test=6)
     out = tmp_path / "RESULTS.md"
+    out.write_text("# Zoo results\n\nan old table\n\n## Another benchmark\n\nkept\n")
     argv = ["--competitions", "silhouette", "--small", "--folds", "1", "--work", str(work), "--out", str(out)]
     assert bench.main(argv) == 0
 
     text = out.read_text()
+    assert "an old table" not in text and text.endswith("## Another benchmark\n\nkept\n")  # only its section
     rows = [ln for ln in text.splitlines() if ln.startswith("| silhouette |")]
     assert rows[0].startswith("| silhouette | fixed |") and rows[-1].startswith("| silhouette | planned |")
     copy = work / "silhouette" / "fixed"
