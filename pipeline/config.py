@@ -513,6 +513,9 @@ class ModelConfig:
     # w > 0: an image-level class-presence head on the deepest encoder features (smp, vit_pyramid), trained with
     # w x BCE on the classes each training mask holds (pipeline/models/registry.py PresenceHead); 0: none
     presence_head: float = 0.0
+    # w > 0: 1x1 side heads on the decoder stages before the output (smp Unet, Linknet, MAnet), trained with w x the
+    # loss of their upsampled logits, nnU-Net's halving weights (pipeline/models/sides.py); 0: none
+    deep_supervision: float = 0.0
     head: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: binary tasks only, one foreground logit (BCE)
     pretrained: str | None = None  # null: from scratch; a local weights file; or "cache": timm's local HF cache
     in_channels: int = 3
@@ -525,6 +528,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.presence_head >= 0:
             raise UserError(f"presence_head must be 0 (off) or a positive loss weight, got {self.presence_head}")
+        if not self.deep_supervision >= 0:
+            raise UserError(f"deep_supervision must be 0 (off) or a positive loss weight, got {self.deep_supervision}")
 
 
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:

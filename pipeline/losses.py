@@ -13,6 +13,7 @@ from pipeline.config import LossTerm, ModelConfig
 from pipeline.errors import UserError
 from pipeline.labels import IGNORE_INDEX
 from pipeline.models.registry import WithPresence
+from pipeline.models.sides import side_weights
 
 
 def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Module:
@@ -36,13 +37,19 @@ class WeightedLoss(nn.Module):
     """sum_i weight_i * loss_i(logits (B, C, H, W) float, target (B, H, W) int64 with 255 = ignore).
 
     Deep supervision: a tuple of logits (a network in training that returns its output, then its side outputs, as
-    U²-Net does: :mod:`pipeline.models.u2net`) gets the sum of that loss over its members, with equal weights.
+    U²-Net does: :mod:`pipeline.models.u2net`) gets the sum of that loss over its members, with equal weights; with
+    ``side_weight`` (``deep_supervision: w``, :mod:`pipeline.models.sides`) the output's loss plus ``w`` x the sides'
+    losses weighted by :func:`~pipeline.models.sides.side_weights`.
     A :class:`WithPresence` output (``presence_head``) adds ``presence_weight`` x the binary cross-entropy of its
     presence logits against the classes each target holds (:func:`presence_target`).
     """
 
     def __init__(
-        self, terms: Sequence[LossTerm], class_weights: Sequence[float] | None = None, presence_weight: float = 0.0
+        self,
+        terms: Sequence[LossTerm],
+        class_weights: Sequence[float] | None = None,
+        presence_weight: float = 0.0,
+        side_weight: float | None = None,
     ) -> None:
         super().__init__()
         if not terms:
@@ -50,11 +57,13 @@ class WeightedLoss(nn.Module):
         self.weights = [t.weight for t in terms]
         self.terms = nn.ModuleList(make_term(t, class_weights) for t in terms)
         self.presence_weight = presence_weight
+        self.side_weight = side_weight
 
     @classmethod
     def for_config(cls, cfg: ModelConfig) -> WeightedLoss:
-        """The loss ``cfg`` trains with: its recipe's terms and class weights, and its presence head's weight."""
-        return cls(cfg.recipe.loss, cfg.recipe.class_weights, cfg.presence_head)
+        """The loss ``cfg`` trains with: its recipe's terms and class weights, its presence and side heads' weights."""
+        sides = cfg.deep_supervision or None
+        return cls(cfg.recipe.loss, cfg.recipe.class_weights, cfg.presence_head, sides)
 
     def forward(
         self, logits: torch.Tensor | tuple[torch.Tensor, ...] | WithPresence, target: torch.Tensor
@@ -64,6 +73,9 @@ class WeightedLoss(nn.Module):
                 logits.presence.float(), presence_target(target, logits.presence.shape[1])
             )
             return self.forward(logits.logits, target) + self.presence_weight * presence
+        if isinstance(logits, tuple) and self.side_weight is not None:  # decoder sides: the output, then w x sides
+            sides = sum(a * self.forward(z, target) for a, z in zip(side_weights(len(logits) - 1), logits[1:]))
+            return self.forward(logits[0], target) + self.side_weight * sides
         if isinstance(logits, tuple):  # deep supervision: the output and each side output, equal weights
             return sum(self.forward(z, target) for z in logits)  # type: ignore[return-value]
         logits = logits.float()  # losses in float32 even under autocast

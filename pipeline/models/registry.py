@@ -37,6 +37,7 @@ from pipeline.models.pretrained import (
     read_state_dict,
     resolve_pretrained,
 )
+from pipeline.models.sides import decoder_sides
 from pipeline.models.u2net import STRIDE as U2NET_STRIDE
 from pipeline.models.u2net import build_u2net
 from pipeline.models.vit_pyramid import ViTPyramidSegmenter
@@ -208,8 +209,13 @@ class RefineHead(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)
+    def forward(self, x: torch.Tensor) -> Logits:
+        out = self.net(x)
+        if isinstance(out, tuple):  # deep supervision: refine the output, keep the side outputs as they are
+            return (self._refine(out[0], x), *out[1:])
+        return self._refine(out, x)
+
+    def _refine(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return logits + self.head(torch.cat([logits, x.to(logits.dtype)], dim=1))
 
 
@@ -254,8 +260,12 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PadCropWrapper:
             f"head: sigmoid is for binary tasks (background + one class), but this competition has {num_classes} "
             "classes; use head: softmax"
         )
-    net, stride = adapter(cfg, 1 if cfg.head == "sigmoid" else num_classes)
+    outputs = 1 if cfg.head == "sigmoid" else num_classes
+    net, stride = adapter(cfg, outputs)
     features = _presence_features(net, cfg) if cfg.presence_head else None
+    if cfg.deep_supervision:
+        probe = _fixed_input_size(net) or tuple(-(-v // stride) * stride for v in cfg.input_size)
+        net = decoder_sides(net, cfg, outputs, probe)
     if cfg.head == "sigmoid":
         net = SigmoidAsTwoClass(net)
     if cfg.refine < 0:
@@ -374,6 +384,10 @@ def u2net_adapter(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, int]:
         "encoder_depth": (cfg.encoder_depth != 5, "U²-Net's six stages are fixed (stride 32); remove it"),
         "pretrained": (cfg.pretrained is not None, "U²-Net trains from scratch here; set pretrained: null"),
         "refine": (cfg.refine != 0, "U²-Net's side outputs are already fused at full resolution; set refine: 0"),
+        "deep_supervision": (
+            cfg.deep_supervision != 0,
+            "U²-Net supervises its own side outputs (decoder_kwargs.deep_supervision); set deep_supervision: 0",
+        ),
     }
     for key, (bad, why) in refused.items():
         if bad:

@@ -20,6 +20,7 @@ from pipeline.losses import WeightedLoss
 from pipeline.models import registry
 from pipeline.models.optim import param_groups
 from pipeline.models.registry import PadCropWrapper, build_model, list_adapters, register_adapter
+from pipeline.models.sides import DecoderSides
 from pipeline.models.vit_pyramid import ViTPyramidSegmenter, default_feature_blocks
 
 # Full configs only: a planned config (no decoder, e.g. auto.yaml) is completed by the plan (tests/unit/test_plan.py)
@@ -285,6 +286,54 @@ def test_presence_head_needs_encoder_features() -> None:
         build_model(dataclasses.replace(tiny_variant(u2), presence_head=0.5), NUM_CLASSES)
     with pytest.raises(UserError, match="presence_head must be 0"):
         dataclasses.replace(CNN, presence_head=-1.0)
+
+
+@pytest.mark.parametrize("refine", [0, 8])
+def test_deep_supervision_sides_train_at_full_size_and_leave_eval_unchanged(refine: int) -> None:
+    base = dataclasses.replace(CNN, refine=refine)
+    torch.manual_seed(0)
+    plain = build_model(base, NUM_CLASSES).eval()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(base, deep_supervision=0.6)
+    model = build_model(cfg, NUM_CLASSES)
+    sides = model.net.net if refine else model.net
+    assert isinstance(sides, DecoderSides) and len(sides.heads) == 3
+    # CNN's decoder_channels [16, 16, 16, 8, 8]: the three stages before the output, finest first
+    assert [h.in_channels for h in sides.heads] == [8, 16, 16]
+    inner = {k: v for k, v in model.state_dict().items() if ".heads." not in k}
+    plain_keys = plain.state_dict()
+    assert {k.replace("net.net.net.", "net.net.") if refine else k.replace("net.net.", "net.") for k in inner} == set(
+        plain_keys
+    )
+    x = torch.randn(2, 3, H, W)
+    for key, value in inner.items():  # the same network under the side heads
+        value.copy_(plain_keys[key.replace("net.net.net.", "net.net.") if refine else key.replace("net.net.", "net.")])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), plain(x))  # eval: the output alone, unchanged
+    out = model.train()(x)
+    assert isinstance(out, tuple) and len(out) == 4
+    assert all(z.shape == (2, NUM_CLASSES, H, W) for z in out)
+
+    target = torch.randint(0, NUM_CLASSES, (2, H, W))
+    target[0, :4, :4] = 255
+    total = WeightedLoss.for_config(cfg)(out, target)
+
+    seg = WeightedLoss(cfg.recipe.loss, cfg.recipe.class_weights)  # each member's own loss, as without sides
+    weights = [4 / 7, 2 / 7, 1 / 7]  # nnU-Net: halving per stage, summing to 1
+    expected = seg(out[0], target) + 0.6 * sum(a * seg(z, target) for a, z in zip(weights, out[1:]))
+    assert torch.allclose(total, expected, atol=1e-5)
+    total.backward()
+    assert all(h.weight.grad.abs().sum() > 0 for h in sides.heads)
+
+
+def test_deep_supervision_needs_a_decoder_stage_list() -> None:
+    with pytest.raises(UserError, match="deep_supervision: smp decoder FPN has no list of decoder stages"):
+        build_model(dataclasses.replace(CNN, decoder="FPN", decoder_kwargs={}, deep_supervision=0.5), NUM_CLASSES)
+    u2 = load_model_config(Path(__file__).resolve().parents[2] / "configs" / "models" / "u2net.yaml")
+    with pytest.raises(UserError, match="deep_supervision: not used by adapter u2net"):
+        build_model(dataclasses.replace(tiny_variant(u2), deep_supervision=0.5), NUM_CLASSES)
+    with pytest.raises(UserError, match="deep_supervision must be 0"):
+        dataclasses.replace(CNN, deep_supervision=-0.1)
 
 
 def test_refine_must_not_be_negative() -> None:
