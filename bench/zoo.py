@@ -12,6 +12,9 @@ points at nothing); the harness scores the written submission afterwards with th
 - ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage); on a branch whose params.yaml has
   no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
 
+``--variants planned`` runs only the planned default (to compare a plan change with fixed rows already recorded:
+the fixed variants do not run the plan's code).
+
 Prints a table and writes it to the head of ``bench/RESULTS.md`` (``--out``; its other ``## `` sections are kept):
 competition, variant, local-leaderboard mIoU, mBIoU, minimum class IoU, train minutes (all folds and rounds, from each
 fold's metrics.json), and the plan's choices.
@@ -162,9 +165,11 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
     extra: dict[str, Any] = {"plan.enabled": False}  # today's fixed default: cnn_default as it is
     if args.small:
         extra["train.epochs"] = args.small_epochs
-    print(f"[{spec.name}] fixed default", flush=True)
-    fixed = run_variant(work / "fixed", comp, truth, **common, **extra)
-    rows.append({"competition": spec.name, "variant": "fixed", **fixed})
+    fixed: dict[str, Any] = {"error": "not run"}
+    if "fixed" in args.variants:
+        print(f"[{spec.name}] fixed default", flush=True)
+        fixed = run_variant(work / "fixed", comp, truth, **common, **extra)
+        rows.append({"competition": spec.name, "variant": "fixed", **fixed})
     if args.budget_minutes and "error" not in fixed and epochs_trained(work / "fixed"):
         per_epoch = fixed["train_minutes"] / epochs_trained(work / "fixed")
         epochs = max(1, int(args.budget_minutes / (per_epoch * args.folds)))
@@ -176,6 +181,8 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
             scaled = run_variant(work / "fixed_budget", comp, truth, **common, **{**extra, "train.epochs": epochs})
         rows.append({"competition": spec.name, "variant": f"fixed@budget ({epochs} ep)", **scaled})
     base = yaml.safe_load((REPO / "params.yaml").read_text())
+    if "planned" not in args.variants:
+        return rows
     if not has_plan(base):
         print(f"[{spec.name}] {NO_PLAN}", flush=True)
         rows.append({"competition": spec.name, "variant": "planned", "error": NO_PLAN})
@@ -214,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regenerate", action="store_true", help="generate the competitions again")
     ap.add_argument("--timeout-minutes", type=float, default=120.0, help="per pipeline run")
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
+    ap.add_argument(
+        "--variants",
+        default="fixed,planned",
+        help="comma-separated, from fixed (with fixed@budget when --budget-minutes is given) and planned",
+    )
     args = ap.parse_args(argv)
+    args.variants = {v.strip() for v in args.variants.split(",") if v.strip()}
+    if not args.variants or args.variants - {"fixed", "planned"}:
+        ap.error(f"--variants: choose from fixed, planned (got {sorted(args.variants)})")
     names = [n.strip() for n in args.competitions.split(",") if n.strip()]
     unknown = [n for n in names if n not in ZOO]
     if unknown:

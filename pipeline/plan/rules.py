@@ -157,6 +157,71 @@ def batch_for_steps(device: str, steps: int, batch: int) -> Choice | None:
     return Choice("recipe.batch_size", b, why)
 
 
+MIN_SCALE = 0.5  # a budget resize keeps at least half of each side
+MIN_WIDTH = 4.0  # px: the typical object's thickness (fingerprint ``width``: ~4 for a 3-px stroke) a resize keeps
+MIN_RESIZED_SIDE = 64  # px: a 5-stage encoder's bottleneck is 2 px a side there
+MIN_STEP_GAIN = 1.25  # the smaller input stands only if the probe finds it buys this many times the steps
+
+
+def object_width(fp: Fingerprint) -> float:
+    """The typical object's thickness in pixels: the median over foreground classes of their median component
+    width (0 when no class has components)."""
+    widths = [c.width.median for c in fp.foreground if c.components and c.width.median > 0]
+    return float(sorted(widths)[len(widths) // 2]) if widths else 0.0
+
+
+def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int, batch: int) -> Geometry | None:
+    """Whole images resized smaller when a fold's round 1 still makes fewer than :data:`TARGET_STEPS` optimiser
+    steps on a CPU at the smallest batch (:func:`batch_for_steps` has nothing left to give).
+
+    A CPU step costs about its pixels, so a side scaled by ``s`` buys about ``1 / s**2`` the steps in the same time:
+    ``s = sqrt(steps / TARGET_STEPS)``, but at least :data:`MIN_SCALE`, at least what keeps the typical object
+    :data:`MIN_WIDTH` px thick (thin structures stay whole) and the shorter side :data:`MIN_RESIZED_SIDE` px.
+    Predictions are resized back to each image (the ``resize`` policy). ``None`` on a GPU, with enough steps, a batch
+    the steps rule can still shrink, random crops or an existing resize, or when the scale would be above 0.9 (too
+    little to gain).
+    """
+    if device != "cpu" or steps >= TARGET_STEPS or batch > MIN_CPU_BATCH or geometry.crops:
+        return None
+    if geometry.resize != "pad":
+        return None
+    want = math.sqrt(max(steps, 1) / TARGET_STEPS)
+    width = object_width(fp)
+    h, w = geometry.input_size
+    by_width = MIN_WIDTH / width if width > 0 else 1.0
+    floor = max(MIN_SCALE, by_width, MIN_RESIZED_SIDE / min(h, w))
+    scale = max(want, floor)
+    if scale > 0.9:
+        return None
+    size = (_round_up(int(h * scale), 8), _round_up(int(w * scale), 8))
+    bound = (
+        "half a side"
+        if floor == MIN_SCALE
+        else f"objects {width:.0f} px thick kept {MIN_WIDTH:g} px"
+        if floor == by_width
+        else f"the shorter side kept {MIN_RESIZED_SIDE} px"
+    )
+    why = (
+        f"{steps} optimiser steps per fold at batch {batch} and {h}x{w}, under the {TARGET_STEPS} a model from "
+        f"scratch needs; a CPU step costs about its pixels: resized to {size[0]}x{size[1]} (scale {scale:.2f}, "
+        f"{'at the floor: ' + bound if scale == floor else 'floor ' + bound}), predictions resized back"
+    )
+    return Geometry(size, "resize", False, [Choice("input_size", list(size), why), Choice("resize", "resize", why)])
+
+
+def keep_smaller_input(steps: int, timing: Any, small_steps: int, small_timing: Any) -> tuple[bool, str]:
+    """Whether :func:`scale_for_steps`'s smaller input stands, measured: the probe at that size must buy at least
+    :data:`MIN_STEP_GAIN` times round 1's steps. Returns the verdict and, when the full size stays, why."""
+    if small_steps >= MIN_STEP_GAIN * steps:
+        return True, ""
+    h, w = small_timing.input_size
+    why = (
+        f"the steps rule tried {h}x{w}: {small_timing.step_seconds:.3f} s a step against "
+        f"{timing.step_seconds:.3f}, {small_steps} steps instead of {steps}; kept the full size"
+    )
+    return False, why
+
+
 def folds_for_steps(steps: Mapping[int, int], target: int) -> tuple[int, str]:
     """How many folds train: the most whose round 1 each still makes ``target`` optimiser steps, else one.
 

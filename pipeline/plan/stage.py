@@ -60,6 +60,15 @@ def find_weights(cfg: ModelConfig, weights_dir: str) -> tuple[str | None, str]:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Second:
+    """What a second sizing of a candidate changes: the batch (:func:`pipeline.plan.rules.batch_for_steps`) and the
+    geometry (:func:`pipeline.plan.rules.scale_for_steps`); ``None`` keeps the rule's own."""
+
+    batch: rules.Choice | None = None
+    geometry: rules.Geometry | None = None
+
+
 def plan_choices(
     fp: Fingerprint,
     device: str,
@@ -68,13 +77,13 @@ def plan_choices(
     explicit: dict[str, Any],
     work_images: int,
     weights_dir: str,
-    batch_override: rules.Choice | None = None,
+    second: Second = Second(),
 ) -> tuple[list[rules.Choice], rules.Geometry]:
     """Every rule's choice for one candidate config (epochs and augmentations apart: they need the measured step),
     in the order they depend on each other."""
-    geometry = rules.choose_geometry(fp, device, rules.fixed_size_multiple({**base, **explicit}))
+    geometry = second.geometry or rules.choose_geometry(fp, device, rules.fixed_size_multiple({**base, **explicit}))
     size = explicit.get("input_size", geometry.input_size)
-    batch_choice = batch_override or rules.choose_batch(size, device, work_images)
+    batch_choice = second.batch or rules.choose_batch(size, device, work_images)
     batch = explicit.get("recipe.batch_size", batch_choice.value)
     base_lr = base.get("recipe", {}).get("lr", 2e-3)
     choices = [*geometry.choices, batch_choice, rules.choose_lr(base_lr, batch, base_source)]
@@ -229,16 +238,16 @@ def size_candidate(
     layout: Layout,
     params: Params,
     target: Target,
-    batch: rules.Choice | None = None,
+    second: Second = Second(),
 ) -> Sized:
-    """One candidate config planned for ``target``, its step measured and its epochs sized; ``batch`` overrides the
-    batch rule's choice (the steps rule's second pass)."""
+    """One candidate config planned for ``target``, its step measured and its epochs sized; ``second`` overrides the
+    batch or geometry rule's choice (the steps rules' second pass)."""
     src, explicit, num_classes = target.src, target.explicit, target.num_classes
     base_src = str(Layout().model_config(cand))
     k = params.folds.k
     n_fit = fp.images - int(round(fp.images / k))
     choices, geometry = plan_choices(
-        fp, machine.device, base, base_src, explicit, n_fit, params.plan.weights_dir, batch
+        fp, machine.device, base, base_src, explicit, n_fit, params.plan.weights_dir, second
     )
     # one training process per device (folds in parallel, or DDP within a fold) shares the cores
     choices.append(rules.choose_workers(machine.device, machine.cpu_cores, max(1, machine.device_count)))
@@ -321,10 +330,8 @@ def plan_model(
     how many folds train and why (``folds``: already decided by an earlier entry; ``None``: decide here).
 
     Unless the epochs are set explicitly, a candidate's first sizing decides the folds
-    (:func:`pipeline.plan.rules.folds_for_steps`, no new probe). It is then sized again when a fold is still left too
-    few optimiser steps on a CPU (:func:`pipeline.plan.rules.batch_for_steps`): at the smaller batch, measured anew,
-    and the smaller batch is kept only if the measurement bears the rule's premise out
-    (:func:`pipeline.plan.rules.keep_smaller_batch`)."""
+    (:func:`pipeline.plan.rules.folds_for_steps`, no new probe), and :func:`steps_rules` then sizes it again where a
+    fold is still left too few optimiser steps on a CPU."""
     path = layout.model_config(name)
     data = read_config_data(path)
     explicit = explicit_keys(data)
@@ -349,12 +356,12 @@ def plan_model(
             count = decide_folds(sized, fp, params, target, epochs_free)
             target = dataclasses.replace(target, folds=count[0])
             sized = resize(sized, count[0], fp, params, target)
-        if "recipe.batch_size" not in explicit and epochs_free:
-            smaller = rules.batch_for_steps(machine.device, sized.epochs * sized.work.steps(1), sized.work.batch_size)
-            if smaller is not None:
-                second = size_candidate(cand, base, fp, machine, layout, params, target, smaller)
-                keep, why = rules.keep_smaller_batch(sized.epochs, sized.timing, second.epochs, second.timing)
-                sized = second if keep else with_note(sized, "recipe.batch_size", why)
+        if epochs_free:
+
+            def again(second: Second, cand: str = cand, base: dict[str, Any] = base, target: Target = target) -> Sized:
+                return size_candidate(cand, base, fp, machine, layout, params, target, second)
+
+            sized = steps_rules(sized, explicit, machine.device, fp, again)
         tried.append(cand)
         if sized.fits:
             break
@@ -362,6 +369,30 @@ def plan_model(
     if folds is not None:
         count = (folds, f"as {params.train.models[0]}'s plan decided")
     return sized, tried, count
+
+
+def steps_rules(sized: Sized, explicit: dict[str, Any], device: str, fp: Fingerprint, again: Any) -> Sized:
+    """The CPU steps rules, in turn, each measured anew by ``again(Second(...))`` (a new probe) and kept only where
+    the measurement bears its premise out: a smaller batch (:func:`pipeline.plan.rules.batch_for_steps`, kept by
+    :func:`pipeline.plan.rules.keep_smaller_batch`), then, at the smallest batch, smaller whole images
+    (:func:`pipeline.plan.rules.scale_for_steps`, kept by :func:`pipeline.plan.rules.keep_smaller_input`). An
+    explicit batch, input size or size policy turns its rule off."""
+    steps = lambda s: s.epochs * s.work.steps(1)  # noqa: E731 - round 1's optimiser steps per fold
+    if "recipe.batch_size" not in explicit:
+        smaller = rules.batch_for_steps(device, steps(sized), sized.work.batch_size)
+        if smaller is not None:
+            second = again(Second(batch=smaller))
+            keep, why = rules.keep_smaller_batch(sized.epochs, sized.timing, second.epochs, second.timing)
+            sized = second if keep else with_note(sized, "recipe.batch_size", why)
+    if "input_size" in explicit or "resize" in explicit:
+        return sized
+    scaled = rules.scale_for_steps(fp, sized.geometry, device, steps(sized), sized.work.batch_size)
+    if scaled is None:
+        return sized
+    kept = next(r for r in sized.records if r["key"] == "recipe.batch_size")
+    second = again(Second(batch=rules.Choice(kept["key"], kept["value"], kept["why"]), geometry=scaled))
+    keep, why = rules.keep_smaller_input(steps(sized), sized.timing, steps(second), second.timing)
+    return second if keep else with_note(sized, "input_size", why)
 
 
 def decide_folds(sized: Sized, fp: Fingerprint, params: Params, target: Target, epochs_free: bool) -> tuple[int, str]:

@@ -550,3 +550,104 @@ def test_holding_the_budget_writes_the_planned_epochs_seconds() -> None:
     records = []
     out, _, e, _ = size_epochs(cfg, work, costs, 60.0, capped, {}, None, records)
     assert e == 5 and out.recipe.budget_seconds is None
+
+
+def _thick(fp: Fingerprint, width: float) -> Fingerprint:
+    """``fp`` with every foreground class's components ``width`` px thick (the fingerprint's ``width``)."""
+    classes = [c if c.index == 0 else dataclasses.replace(c, width=Spread(width, width, width)) for c in fp.classes]
+    return dataclasses.replace(fp, classes=classes)
+
+
+@pytest.mark.parametrize(
+    ("size", "width", "steps", "batch", "expected"),
+    [
+        ((128, 160), 22.0, 700, 8, (88, 112)),  # textures at 3 min: sqrt(700/1500) = 0.683 -> 87x109, up to 8s
+        ((128, 160), 22.0, 200, 8, (64, 80)),  # far fewer steps: the floor, half a side
+        ((96, 128), 8.0, 900, 8, (80, 104)),  # objects at 3 min: 0.775 -> 74x99 -> 80x104
+        ((96, 128), 8.0, 300, 8, (64, 88)),  # the floor: the shorter side kept 64 px (0.667)
+        ((160, 160), 2.0, 300, 6, None),  # thin strokes: 4 px / 2 px would need a scale of 2, none
+        ((128, 160), 10.0, 300, 8, (64, 80)),  # 10 px thick stays 4 px down to 0.4: the half-side floor binds
+        ((128, 160), 6.0, 300, 8, (88, 112)),  # 6 px thick: 4 / 6 = 0.667 binds, 85x106 -> 88x112
+        ((128, 160), 22.0, 1400, 8, None),  # 0.966: too little to gain
+        ((128, 160), 22.0, 1500, 8, None),  # enough steps
+        ((128, 160), 22.0, 700, 14, None),  # the batch rule still has steps to give
+        ((64, 84), 8.0, 300, 8, None),  # the embedded digits: already at the 64 px floor
+    ],
+)
+def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_whole_images(
+    size: tuple[int, int], width: float, steps: int, batch: int, expected: tuple[int, int] | None
+) -> None:
+    fp = _thick(_fp(*size, 700, [0.1, 0.1], [0.9, 0.9], 30.0), width)
+    g = rules.choose_geometry(fp, "cpu")
+    assert tuple(g.input_size) == size and g.resize == "pad"
+    scaled = rules.scale_for_steps(fp, g, "cpu", steps, batch)
+    got = None if scaled is None else tuple(scaled.input_size)
+    assert got == expected
+    if scaled is not None:
+        assert scaled.resize == "resize" and not scaled.crops
+        assert [c.key for c in scaled.choices] == ["input_size", "resize"]
+        assert f"{steps} optimiser steps per fold at batch {batch} and {size[0]}x{size[1]}" in scaled.choices[0].why
+    assert rules.scale_for_steps(fp, g, "cuda", steps, batch) is None  # a GPU step is not bound by pixels this way
+    crops = rules.choose_geometry(AERIAL, "cpu")
+    assert crops.crops and rules.scale_for_steps(_thick(AERIAL, 20.0), crops, "cpu", 100, 2) is None
+
+
+def test_object_width_is_the_median_class_thickness_and_widths_are_measured_from_masks() -> None:
+    from pipeline.plan.fingerprint import component_widths
+
+    m = np.zeros((20, 30), np.uint8)
+    m[2:9, 2:9] = 1  # a 7x7 square: the widest disc inside is 7 px across, EDT 4 at its centre
+    m[12, 0:30] = 2  # a 1-px line along the image border's width: EDT 1
+    m[15:18, 5:25] = 2  # a 3-px stripe: EDT 2 at its middle row
+    m[0, 29] = 255  # ignore is no object
+    assert component_widths([m], 3) == {1: [8.0], 2: [2.0, 4.0]}
+    # the same by brute force: for each pixel the distance to the nearest pixel outside its class (border outside)
+    ys, xs = np.nonzero(np.pad(m != 2, 1))
+    inside = np.argwhere(np.pad(m == 2, 1))
+    d = np.sqrt(((inside[:, None, :] - np.stack([ys, xs], 1)[None]) ** 2).sum(-1)).min(1)
+    assert sorted({2 * float(v) for v in d}) == [2.0, 4.0]
+    assert rules.object_width(_thick(RARE, 6.0)) == 6.0
+    assert rules.object_width(RARE) == 0.0  # no widths measured: the resize rule keeps the full size (floor 1)
+
+
+@pytest.mark.slow
+def test_a_step_starved_plan_probes_smaller_whole_images_and_keeps_them_only_if_measured_faster(
+    tmp_path: Path,
+) -> None:
+    from pipeline.plan.stage import make_plan
+
+    masks = []
+    for i in range(12):
+        m = np.zeros((128, 128), np.uint8)
+        m[10 + 5 * i : 30 + 5 * i, 40:60] = 1 + i % 2  # 20x20 squares: 20 px thick (EDT 10 at the centre)
+        masks.append(m)
+    layout, _ = _tiny_competition(tmp_path, [(128, 128)] * 12, masks)
+    (tmp_path / "configs" / "models").mkdir(parents=True)
+    for name in ("cnn_default", "auto"):
+        text = (REPO / "configs" / "models" / "cnn_default.yaml").read_text() if name == "cnn_default" else ""
+        (tmp_path / "configs" / "models" / f"{name}.yaml").write_text(text)
+    raw = {
+        "data": {"root": str(tmp_path / "comp")},
+        "folds": {"k": 3},
+        "train": {"models": ["auto"], "folds": [0], "device": "cpu", "threads": 1},
+        "pseudo": {"rounds": 0},
+        "plan": {"enabled": True, "budget_minutes": 0.5, "probe_steps": 2, "min_epochs": 1},
+    }
+    params = from_dict(Params, raw, "test")
+    make_plan(params, layout, raw)
+    saved = yaml.safe_load(layout.plan_yaml.read_text())
+    assert saved["fingerprint"]["classes"][1]["width"]["median"] == 20.0
+    model = saved["models"]["auto"]
+    keys = {k.split(":")[0]: k for k in model["keys"]}
+    # 8 training images at batch 8 make a few steps: the batch rule has nothing left, the resize rule probes 64x64
+    # (the half-side and 64 px floors) and keeps it only where its measured steps are 1.25x the full size's
+    timing = model["timing"]
+    if model["config"]["resize"] == "resize":
+        assert model["config"]["input_size"] == [64, 64] and timing["input_size"] == [64, 64]
+        assert keys["input_size"].startswith("input_size: [64, 64] from plan (")
+        assert "under the 1500 a model from scratch needs" in keys["input_size"]
+        assert "at the floor" in keys["input_size"]
+        assert keys["resize"].startswith("resize: resize from plan")
+    else:
+        assert model["config"]["input_size"] == [128, 128] and timing["input_size"] == [128, 128]
+        assert "the steps rule tried 64x64" in keys["input_size"] and "kept the full size" in keys["input_size"]
