@@ -13,6 +13,9 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
+# the kernel's description of this machine's CPUs (Linux): its flags tell native bf16 (pipeline.predict.cpu_has_bf16)
+CPUINFO = Path("/proc/cpuinfo")
+
 # a local weights file for an encoder, in order of preference (pipeline.plan.stage.find_weights)
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
