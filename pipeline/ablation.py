@@ -8,9 +8,11 @@ final one (``submissions/ablation/<row>.csv``):
 3. + TTA: the same, with the TTA set chosen on out-of-fold predictions;
 4. + multi-model: round-1 folds of every model given (weights fitted on OOF), TTA chosen on OOF;
 5. + pseudo-label round: the final ensemble (round 1 + ``pseudo.rounds``);
-6. + post-processing (``infer.postprocess``): the row above with the per-class rules fitted on its OOF, as
+6. + threshold (``infer.threshold: fit``, binary tasks): the row above with the class's probability threshold
+   fitted on its OOF;
+7. + post-processing (``infer.postprocess``): the row above with the per-class rules fitted on its OOF, as
    ``dvc repro`` makes it; with ``shapes``, first the component and total areas alone (``auto``), then
-   keep-largest-component and hole filling too. Rows 1-5 are scored without post-processing.
+   keep-largest-component and hole filling too. Rows 1-5 are scored without threshold or post-processing.
 
 Nothing here is tuned on the test truth: every choice (the fold, the TTA set, the weights) is made on OOF, and the
 truth only scores the result. Models of row 4 that are not trained yet are trained here (round 1, every fold).
@@ -69,10 +71,14 @@ def _with(params: Params, **infer: Any) -> Params:
 Row = tuple[str, str, Params, dict[str, Any]]  # key, label, the params infer runs with, extra report fields
 
 
-def postprocess_rows(mode: str, rows: list[Row]) -> list[Row]:
-    """``rows`` without post-processing, then the last again with the rules fitted on its OOF (``mode``: the run's
-    ``infer.postprocess``; ``shapes``: the areas alone first, then keep-largest and filling too)."""
-    rows = [(k, label, _with(p, postprocess="none"), extra) for k, label, p, extra in rows]
+def postprocess_rows(mode: str, rows: list[Row], threshold: str = "none") -> list[Row]:
+    """``rows`` without threshold or post-processing; then, with ``threshold: fit`` (the run's ``infer.threshold``),
+    the last again with the binary threshold fitted on its OOF; then that again with the rules fitted on its OOF
+    (``mode``: the run's ``infer.postprocess``; ``shapes``: the areas alone first, then keep-largest and filling)."""
+    rows = [(k, label, _with(p, postprocess="none", threshold="none"), extra) for k, label, p, extra in rows]
+    if threshold == "fit":
+        _, _, last, extra = rows[-1]
+        rows.append(("threshold", "+ probability threshold fitted on OOF", _with(last, threshold="fit"), extra))
     _, _, last, extra = rows[-1]
     if mode == "shapes":
         label = "+ post-processing fitted on OOF: component and total areas"
@@ -128,7 +134,7 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
             )
         )
 
-    rows = postprocess_rows(params.infer.postprocess, rows)
+    rows = postprocess_rows(params.infer.postprocess, rows, params.infer.threshold)
 
     results = []
     for key, label, p, extra in rows:

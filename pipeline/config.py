@@ -317,6 +317,10 @@ class InferParams:
     # (pipeline/postprocess.py; no change is always a candidate); shapes: keep-largest-component and hole filling as
     # candidates too (off by default: on objects they lost 0.004 cross-fitted); none: the ensemble's argmax as it is
     postprocess: Literal["none", "auto", "shapes"] = "auto"
+    # fit: for a binary task (background + one class), the class's probability threshold fitted on the ensemble's OOF
+    # predictions (pipeline/threshold.py: 0.10-0.90, the argmax always a candidate), before post-processing; none:
+    # the argmax. A task of more classes keeps the argmax (metrics/infer.json says so)
+    threshold: Literal["none", "fit"] = "none"
     tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if the OOF metric improves
     # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls
     # back to the config's TTA set and equal weights instead, and metrics/infer.json and the ledger record it

@@ -59,6 +59,7 @@ from pipeline.predict import iter_logits
 from pipeline.submission.format import SubmissionFormat, submission_format
 from pipeline.submission.ledger import append_ledger
 from pipeline.submission.writer import SubmissionWriter
+from pipeline.threshold import decide
 from pipeline.tta import describe
 
 
@@ -167,7 +168,8 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
     # out of memory: one line naming the infer key to lower, below the bar (closed first, on the way out)
     with rt.memory("infer: predicting the test images"), bar:
         for idx, logp in batches:
-            pred = logp.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) class indices at original size
+            # (B, H, W) class indices at original size: the argmax, or over the binary threshold fitted on OOF
+            pred = decide(logp.exp(), plan.threshold).to(torch.uint8).cpu().numpy()
             for j, i in enumerate(idx.tolist()):
                 mask = apply_postprocess(pred[j], plan.postprocess)  # the rules fitted on OOF (none: unchanged)
                 writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), mask)
@@ -199,6 +201,7 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "public_score": "",
         "submission_sha256": file_digest(report["submission"]),  # the row's key with "file": a re-run replaces it
         "postprocess": report.get("postprocess", {}).get("rules") or "",
+        "threshold": plan.threshold,
     }
 
 

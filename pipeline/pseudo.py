@@ -38,7 +38,7 @@ from pipeline.ensemble.members import (
     load_members,
     windowed,
 )
-from pipeline.ensemble.plan import pseudo_rules
+from pipeline.ensemble.plan import Decision, pseudo_rules
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
 from pipeline.labels import IGNORE_INDEX
 from pipeline.oof import truth_reader
@@ -46,25 +46,27 @@ from pipeline.paths import Layout, PseudoSetFiles
 from pipeline.plan.apply import planned_params
 from pipeline.predict import iter_logits
 from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets, skip_pseudo_round
+from pipeline.threshold import decide
 
 
-def confident_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) probabilities -> ((H, W) uint8 class mask with 255 where top prob < threshold, confident (H, W))."""
+def confident_mask(probs: np.ndarray, threshold: float, decision: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) probabilities -> ((H, W) uint8 class mask with 255 where top prob < threshold, confident (H, W));
+    the class map is :func:`pipeline.threshold.decide`'s with ``decision`` (the binary threshold; None: argmax)."""
     top = probs.max(0)
-    mask = probs.argmax(0).astype(np.uint8)
+    mask = decide(probs, decision).astype(np.uint8)
     confident = top >= threshold
     mask[~confident] = IGNORE_INDEX
     return mask, confident
 
 
 def pseudo_label(
-    probs: np.ndarray, threshold: float, rules: dict[int, pp.Rule]
+    probs: np.ndarray, threshold: float, rules: dict[int, pp.Rule], decision: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One test image's pseudo-label from its (C, H, W) probabilities: the (H, W) uint8 mask (:func:`confident_mask`
     with ``rules`` applied: what they change is labelled as they say, confident), the confident pixels and the
-    post-processed argmax."""
-    mask, conf = confident_mask(probs, threshold)
-    pred = probs.argmax(0)
+    post-processed class map (the argmax, or over the binary threshold ``decision``, as infer decides)."""
+    mask, conf = confident_mask(probs, threshold, decision)
+    pred = decide(probs, decision)
     if rules:
         post = pp.apply(pred, rules)
         changed = post != pred
@@ -80,18 +82,21 @@ def set_rules(
     ttas: dict[str, TtaConfig],
     sets: list[int | str],
     unavailable: str | None,
-) -> tuple[dict[str, dict[int, pp.Rule]], dict[str, Any]]:
-    """Each set's post-processing rules (``infer.postprocess``, fitted on round-1 OOF, leak-free per fold) and the
-    report; none where ``infer.postprocess`` is ``none`` or there is no OOF (``unavailable``: why)."""
-    none: dict[str, dict[int, pp.Rule]] = {str(s): {} for s in sets}
-    if params.infer.postprocess == "none":
-        return none, {"rules": "none (infer.postprocess: none)"}
+) -> tuple[dict[str, Decision], dict[str, Any]]:
+    """Each set's threshold (``infer.threshold``) and post-processing rules (``infer.postprocess``), fitted on
+    round-1 OOF, leak-free per fold, and the report; none where both are ``none`` or there is no OOF
+    (``unavailable``: why)."""
+    none = {str(s): Decision(None, {}) for s in sets}
+    if params.infer.postprocess == "none" and params.infer.threshold == "none":
+        return none, {"rules": "none (infer.postprocess: none)", "threshold": {"value": None}}
     if unavailable is not None:
-        print(f"pseudo: no post-processing ({unavailable})")
-        return none, {"rules": f"none ({unavailable})"}
-    rules, report = pseudo_rules(params, layout, loaded, rt, ttas, sets)
-    report["per_set"] = {s: pp.describe(r, read_json(layout.classes_json)) for s, r in rules.items()}
-    return rules, report
+        print(f"pseudo: no threshold or post-processing ({unavailable})")
+        return none, {"rules": f"none ({unavailable})", "threshold": {"value": None, "why": unavailable}}
+    decisions, report = pseudo_rules(params, layout, loaded, rt, ttas, sets)
+    classes = read_json(layout.classes_json)
+    report["per_set"] = {s: pp.describe(d.rules, classes) for s, d in decisions.items()}
+    report["threshold_per_set"] = {s: d.threshold for s, d in decisions.items()}
+    return decisions, report
 
 
 def pseudo_ttas(
@@ -138,7 +143,7 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     unavailable = oof_unavailable(layout, members)
     ttas, out["fallback"] = pseudo_ttas(params, layout, loaded, rt, unavailable)
     sets = pseudo_sets(params)
-    rules, out["postprocess"] = set_rules(params, layout, loaded, rt, ttas, sets, unavailable)
+    decisions, out["postprocess"] = set_rules(params, layout, loaded, rt, ttas, sets, unavailable)
     ds = SegDataset(tests.paths, None, None, preload=False)
     for s in sets:
         folds = params.train.folds if s == "all" else [s]
@@ -158,7 +163,8 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                 for idx, logp in tqdm(batches, desc=f"pseudo set {s}", unit="batch", mininterval=1.0):
                     probs = logp.softmax(1).cpu().numpy()
                     for j, i in enumerate(idx.tolist()):
-                        mask, conf, pred = pseudo_label(probs[j], p.threshold, rules[str(s)])
+                        d = decisions[str(s)]
+                        mask, conf, pred = pseudo_label(probs[j], p.threshold, d.rules, d.threshold)
                         per_class_all += np.bincount(pred.ravel(), minlength=len(classes))
                         per_class_conf += np.bincount(pred[conf].ravel(), minlength=len(classes))
                         share = float(conf.mean())
@@ -174,7 +180,8 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                 "tta": {n: dataclasses.asdict(t) for n, t in ttas.items()},
                 "test_images": len(ds),
                 "kept_images": len(rows),
-                "postprocess": pp.describe(rules[str(s)], classes),
+                "postprocess": pp.describe(decisions[str(s)].rules, classes),
+                "threshold": decisions[str(s)].threshold,
                 "confident_pixel_share_per_class": {
                     c["name"]: (
                         float(per_class_conf[c["index"]] / per_class_all[c["index"]])

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from pipeline import postprocess as pp
+from pipeline import threshold as thr
 from pipeline.config import Params, TtaConfig
 from pipeline.ensemble.choose import TtaChoice, TtaSearch, resolve_tta, tta_key
 from pipeline.ensemble.data import OofData, oof_data, predict_oof
@@ -39,6 +40,7 @@ class Plan:
     report: dict[str, Any]
     fallback: list[str]
     postprocess: dict[int, pp.Rule] = dataclasses.field(default_factory=dict)  # class -> its rule
+    threshold: float | None = None  # binary tasks: class 1 where its probability is over it (None: the argmax)
 
 
 def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None) -> Plan:
@@ -89,11 +91,20 @@ def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, u
         planner.close()
 
 
+class Decision(NamedTuple):
+    """How one pseudo set turns probabilities into a class map: the binary threshold (``None``: the argmax), then
+    the post-processing rules (class -> rule; none: unchanged)."""
+
+    threshold: float | None
+    rules: dict[int, pp.Rule]
+
+
 def pseudo_rules(
     params: Params, layout: Layout, loaded: Loaded, rt: Runtime, ttas: dict[str, TtaConfig], sets: list[int | str]
-) -> tuple[dict[str, dict[int, pp.Rule]], dict[str, Any]]:
-    """The pseudo-labelling ensemble's post-processing (``infer.postprocess``), per pseudo set, fitted on round-1
-    OOF predictions as infer fits its own (:meth:`_OofPlanner.set_rules`: set k's never sees fold k)."""
+) -> tuple[dict[str, Decision], dict[str, Any]]:
+    """The pseudo-labelling ensemble's threshold (``infer.threshold``) and post-processing (``infer.postprocess``),
+    per pseudo set, fitted on round-1 OOF predictions as infer fits its own (:meth:`_OofPlanner.set_rules`: set k's
+    never sees fold k)."""
     folds = sorted(set.intersection(*(set(by_fold) for by_fold in loaded.groups.values())))
     choices = {n: TtaChoice(t) for n, t in ttas.items()}
     planner = _OofPlanner(
@@ -138,6 +149,7 @@ class _OofPlanner:
         self._model_mats: Memo[np.ndarray] = Memo(self._model_matrices)
         self._ens_mats: Memo[np.ndarray] = Memo(self._ensemble_matrices)
         self._argmax: Memo[SpillDict] = Memo(self._ensemble_argmax)
+        self._thr_stats: Memo[list[tuple[np.ndarray, np.ndarray]]] = Memo(self._threshold_stats)
         self._pp_stacks: Memo[pp.Stack] = Memo(self._pp_stack)
         self._holes: Memo[np.ndarray] = Memo(self._hole_stack)
         pixels = int(np.median([self.truth[i].size for i in self.ids]))
@@ -153,13 +165,59 @@ class _OofPlanner:
             probs[str(i)] = pr.astype(np.float16)
         return probs
 
-    def _ensemble_preds(self, key: tuple[Any, ...]) -> Any:
-        """(image id, (H, W) argmax of the ensemble ``key``) for every OOF image, streamed."""
-        tks, temps, weights = key
+    def _ensemble_probs(self, key: tuple[Any, ...]) -> Any:
+        """(image id, (C, H, W) probabilities of the ensemble ``key[:3]``) for every OOF image, streamed."""
+        tks, temps, weights = key[:3]
         per_model = [self._probs((n, tk)) for n, tk in zip(self.names, tks)]
         for i in self.ids:
             outs = [pm[i] if t == 1.0 else temper(pm[i], t).astype(np.float16) for pm, t in zip(per_model, temps)]
-            yield i, combine(outs, weights, self.p.space).argmax(0)
+            yield i, combine(outs, weights, self.p.space)
+
+    def _ensemble_preds(self, key: tuple[Any, ...]) -> Any:
+        """(image id, (H, W) class map of the ensemble ``key``) for every OOF image, streamed: its argmax, or with a
+        fourth element, the binary threshold (:func:`pipeline.threshold.decide`, as infer decides)."""
+        threshold = key[3] if len(key) > 3 else None
+        for i, probs in self._ensemble_probs(key):
+            yield i, thr.decide(probs, threshold)
+
+    def _threshold_stats(self, key: tuple[Any, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per OOF image, the threshold search's counts of the ensemble ``key`` (:func:`.threshold.image_counts`)."""
+        return [thr.image_counts(p, self.truth[i], thr.THRESHOLDS) for i, p in self._ensemble_probs(key)]
+
+    def threshold(self, ens: Any) -> tuple[CrossFit[tuple[Any, ...]], dict[str, Any]]:
+        """The binary threshold fitted on the ensemble's OOF (fold k's without fold k's images, on the ensemble
+        chosen without it: cross-fitted as every other choice): the cross-fit, whose choices are the ensemble keys
+        with the threshold appended, and the report's section."""
+
+        def choose(k: int | None) -> tuple[Any, ...]:
+            key = ens.choice if k is None else ens.fold_choices[k]
+            keep = np.ones(len(self.ids), bool) if k is None else self.image_folds != k
+            stats = [s for s, w in zip(self._thr_stats(key), keep) if w]
+            t, _, _ = thr.fit(stats, thr.THRESHOLDS, self.metric, lambda: self._ens_mats(key)[keep])
+            return (*key, t)
+
+        cf = cross_fit(self.image_folds, choose, self._ens_mats, self.metric)
+        section = {
+            "value": cf.choice[3],
+            "candidates": list(thr.THRESHOLDS),
+            "per_fold": {str(k): c[3] for k, c in cf.fold_choices.items()},
+            "before": {"oof_mIoU": ens.in_sample_miou, **ens.figures()},
+            "after": {"oof_mIoU": cf.in_sample_miou, **cf.figures()},
+        }
+        chosen = "argmax" if cf.choice[3] is None else cf.choice[3]
+        print(
+            f"threshold: {chosen}; {self.metric} in-sample {ens.in_sample:.5f} -> {cf.in_sample:.5f}, cross-fitted "
+            f"{_fmt(ens.cross_fitted)} -> {_fmt(cf.cross_fitted)}"
+        )
+        return cf, section
+
+    def thresholds_apply(self) -> tuple[bool, str]:
+        """Whether ``infer.threshold`` fits here, and why not."""
+        if self.p.threshold == "none":
+            return False, "none (infer.threshold: none)"
+        if self.num_classes != 2:
+            return False, f"none: a threshold is for binary tasks; {self.num_classes} classes keep the argmax"
+        return True, ""
 
     def _ensemble_argmax(self, key: tuple[Any, ...]) -> SpillDict:
         """The ensemble ``key``'s (H, W) uint8 argmax of every OOF image, spilled: post-processing re-reads it."""
@@ -220,21 +278,34 @@ class _OofPlanner:
         )
         return cf, {"section": section, "after": {"oof_mIoU": cf.in_sample_miou, **cf.figures()}}
 
-    def set_rules(self, sets: list[int | str]) -> tuple[dict[str, dict[int, pp.Rule]], dict[str, Any]]:
-        """Each pseudo set's rules for the ensemble of the chosen TTA sets at equal weights (as it labels): set k's
-        fitted without fold k's images, so round-2 fold k's validation truth never shapes its pseudo-labels (none
-        with one fold); set ``all``'s on every fold; with the post-processing report."""
+    def set_rules(self, sets: list[int | str]) -> tuple[dict[str, Decision], dict[str, Any]]:
+        """Each pseudo set's threshold (``infer.threshold``) and post-processing rules (``infer.postprocess``) for
+        the ensemble of the chosen TTA sets at equal weights (as it labels): set k's fitted without fold k's images,
+        so round-2 fold k's validation truth never shapes its pseudo-labels (none with one fold); set ``all``'s on
+        every fold; with the report (``threshold`` and the post-processing's sections)."""
         key = (
             tuple(tta_key(self.choices[n].tta) for n in self.names),
             tuple(1.0 for _ in self.names),
             tuple([1.0 / len(self.names)] * len(self.names)),
         )
-        ens = cross_fit(self.image_folds, lambda k: key, self._ens_mats, self.metric)
-        cf, figures = self.postprocess(ens)
-        by_set = {
-            str(s): cf.choice[1] if s == "all" else cf.fold_choices[s][1] if s in cf.fold_choices else {} for s in sets
-        }
-        return by_set, {**figures["section"], "after": figures["after"]}
+        ens: CrossFit[Any] = cross_fit(self.image_folds, lambda k: key, self._ens_mats, self.metric)
+        report: dict[str, Any] = {}
+        fits, why = self.thresholds_apply()
+        if fits:
+            ens, report["threshold"] = self.threshold(ens)
+        else:
+            report["threshold"] = {"value": None, "why": why}
+        cf = None
+        if self.p.postprocess != "none":
+            cf, figures = self.postprocess(ens)
+            report.update({**figures["section"], "after": figures["after"]})
+
+        def of_set(s: int | str) -> Decision:
+            t = (ens.choice if s == "all" else ens.fold_choices.get(s, (None,) * 4))[3] if fits else None
+            rules = {} if cf is None else cf.choice[1] if s == "all" else cf.fold_choices.get(s, (None, {}))[1]
+            return Decision(t, rules)
+
+        return {str(s): of_set(s) for s in sets}, report
 
     def close(self) -> None:
         """Release the spill files (they have no name on disk; this frees their space now)."""
@@ -318,6 +389,13 @@ class _OofPlanner:
             f"{report['oof_mIoU']:.5f}; {self.metric} in-sample {ens.in_sample:.5f}, "
             f"cross-fitted {_fmt(ens.cross_fitted)}"
         )
+        fits, why = self.thresholds_apply()
+        if fits:  # the top-level OOF figures are then the submission's: ensemble + threshold (+ rules)
+            ens, report["threshold"] = self.threshold(ens)
+            report["oof_mIoU"] = ens.in_sample_miou
+            report.update(ens.figures())
+        elif self.p.threshold != "none":
+            report["threshold"] = {"value": None, "why": why}
         rules: dict[int, pp.Rule] = {}
         if self.p.postprocess != "none":  # the top-level OOF figures are then the submission's: ensemble + rules
             cf, figures = self.postprocess(ens)
@@ -326,7 +404,8 @@ class _OofPlanner:
             report.update(figures["after"])
         ttas = {n: _tta(tk) for n, tk in zip(self.names, tks)}
         temps_used = dict(zip(self.names, temps)) if self.p.calibrate else {}
-        return Plan(ttas, temps_used, list(weights), report, self.fallback, rules)
+        threshold = ens.choice[3] if fits else None
+        return Plan(ttas, temps_used, list(weights), report, self.fallback, rules, threshold)
 
 
 def _tta(tk: Any) -> TtaConfig:

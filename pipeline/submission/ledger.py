@@ -39,6 +39,7 @@ LEDGER_COLUMNS = [
     "lb_score",  # the local leaderboard in the competition metric (the column "metric" names it)
     "submission_sha256",  # the submission file's bytes: with "file", the row's key (the same submission: one row)
     "postprocess",  # the per-class rules fitted on OOF (infer.postprocess), JSON; empty: none
+    "threshold",  # the binary class-probability threshold fitted on OOF (infer.threshold); empty: the argmax
 ]
 KEY_COLUMNS = ("file", "submission_sha256")
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -26,7 +28,9 @@ from pipeline.importers.folders import import_folders
 from pipeline.infer import run_ensemble
 from pipeline.io import read_json, read_mask, write_png
 from pipeline.paths import Layout
+from pipeline.pseudo import make_pseudo_labels
 from pipeline.submission.codec import read_submission_csv
+from pipeline.threshold import THRESHOLDS
 from pipeline.train import train_fold
 
 COCO_ID = 1
@@ -69,23 +73,33 @@ def binary(project: Project, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return root, Layout(root)
 
 
-def test_binary_task_trains_scores_and_submits_foreground_rows_only(binary: tuple[Path, Layout]) -> None:
+@pytest.fixture(scope="module")
+def binary_trained(binary: tuple[Path, Layout]) -> list[dict[str, Any]]:
+    """Masks, folds and every fold of the sigmoid model trained on the imported competition: each fold's metrics."""
     root, layout = binary
     params = load_params(root / "params.yaml")
-    summary = build_masks(params.data, params.masks, layout)
-    assert summary is not None
-    classes = read_json(layout.classes_json)
-    assert [(c["index"], c["name"], c["coco_id"]) for c in classes] == [(0, "background", None), (1, "digit", COCO_ID)]
+    assert build_masks(params.data, params.masks, layout) is not None
     build_folds(params.folds, layout)
     cfg = load_model_config(layout.model_config("tiny"))
     assert cfg.head == "sigmoid"
     threads = torch.get_num_threads()
     try:
-        for fold in params.train.folds:
-            metrics = train_fold(cfg, "tiny", fold, layout, params.data, params.train, progress=False)
-            assert 0 <= metrics["val_mIoU"] <= 1 and "val_mBIoU" in metrics
+        return [
+            train_fold(cfg, "tiny", f, layout, params.data, params.train, progress=False) for f in params.train.folds
+        ]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_binary_task_trains_scores_and_submits_foreground_rows_only(
+    binary: tuple[Path, Layout], binary_trained: list[dict[str, Any]]
+) -> None:
+    root, layout = binary
+    params = load_params(root / "params.yaml")
+    classes = read_json(layout.classes_json)
+    assert [(c["index"], c["name"], c["coco_id"]) for c in classes] == [(0, "background", None), (1, "digit", COCO_ID)]
+    for metrics in binary_trained:
+        assert 0 <= metrics["val_mIoU"] <= 1 and "val_mBIoU" in metrics
     # the checkpoint holds a one-logit network seen as two classes
     ck = torch.load(layout.checkpoint("tiny", 0), map_location="cpu", weights_only=True)
     assert ck["config"]["head"] == "sigmoid"
@@ -102,3 +116,86 @@ def test_binary_task_trains_scores_and_submits_foreground_rows_only(binary: tupl
     scores = read_json(layout.leaderboard_json)
     assert set(scores["per_class"]) == {"background", "digit"}
     assert all(v["BIoU"] is not None for v in scores["per_class"].values())
+
+
+def _foreground_pixels(csv: Path) -> int:
+    """Predicted foreground pixels of a binary submission: the sum of its run lengths (every second number)."""
+    sub = read_submission_csv(csv)
+    return sum(sum(int(v) for v in str(rle).split()[1::2]) for rle in sub["predicted"].fillna(""))
+
+
+def test_binary_threshold_fitted_on_oof_matches_the_oof_probabilities_thresholded_by_hand(
+    binary: tuple[Path, Layout], binary_trained: list[dict[str, Any]]
+) -> None:
+    """``infer.threshold: fit`` after the test above trained the folds: the report's OOF figure is the folds' own
+    out-of-fold probabilities (oof.npz, written at training) thresholded at the chosen value and scored here by
+    hand, and the submission's foreground grows or shrinks against the argmax's as the threshold is under or over
+    0.5."""
+    root, layout = binary
+    params = load_params(root / "params.yaml")
+    argmax_csv, fitted_csv = root / "submissions" / "argmax.csv", root / "submissions" / "fitted.csv"
+    base = dataclasses.replace(params.infer, tta="none", postprocess="none")
+    run_ensemble(dataclasses.replace(params, infer=base), layout, output=str(argmax_csv))
+    fitted = dataclasses.replace(params, infer=dataclasses.replace(base, threshold="fit"))
+    report = run_ensemble(fitted, layout, output=str(fitted_csv))
+    t = report["threshold"]["value"]
+    assert t is None or t in THRESHOLDS
+    assert report["threshold"]["after"]["oof_in_sample"] >= report["threshold"]["before"]["oof_in_sample"]
+    cm = np.zeros((2, 2), np.int64)
+    for f in params.train.folds:
+        with np.load(layout.oof_path("tiny", f)) as z:
+            for key in z.files:
+                probs = z[key].astype(np.float32)
+                pred = (probs.argmax(0) if t is None else probs[1] > np.float32(t)).astype(np.int64)
+                truth = read_mask(layout.mask_path(int(key))).astype(np.int64)
+                keep = truth != 255
+                cm += np.bincount(2 * truth[keep] + pred[keep], minlength=4).reshape(2, 2)
+    iou = [cm[c, c] / (cm[c].sum() + cm[:, c].sum() - cm[c, c]) for c in (0, 1)]
+    assert report["oof_mIoU"] == pytest.approx(float(np.mean(iou)), abs=2e-3)
+    ledger = pd.read_csv(layout.ledger, dtype=str, keep_default_na=False)
+    assert ledger["threshold"].iloc[-1] == ("" if t is None else str(t))
+    before, after = _foreground_pixels(argmax_csv), _foreground_pixels(fitted_csv)
+    assert after == before if t is None else (after >= before if t < 0.5 else after <= before)
+
+
+def _best_threshold(probs_truth: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """The pooled-mIoU-best threshold of THRESHOLDS over (probabilities, truth) pairs, the argmax (None) unless one
+    beats it, ties to the one nearest 0.5: counted here pixel by pixel, apart from the pipeline's counts."""
+
+    def miou(t: float | None) -> float:
+        cm = np.zeros((2, 2), np.int64)
+        for probs, truth in probs_truth:
+            pred = (probs.argmax(0) if t is None else probs[1] > np.float32(t)).astype(np.int64)
+            keep = truth != 255
+            cm += np.bincount(2 * truth[keep].astype(np.int64) + pred[keep], minlength=4).reshape(2, 2)
+        return float(np.mean([cm[c, c] / (cm[c].sum() + cm[:, c].sum() - cm[c, c]) for c in (0, 1)]))
+
+    best: tuple[float | None, float] = (None, miou(None))
+    for t in sorted(THRESHOLDS, key=lambda t: abs(t - 0.5)):
+        if miou(t) > best[1] + 1e-12:
+            best = (t, miou(t))
+    return best[0]
+
+
+def test_leak_free_pseudo_sets_threshold_is_fitted_without_their_fold(
+    binary: tuple[Path, Layout], binary_trained: list[dict[str, Any]]
+) -> None:
+    """Pseudo set k labels over the threshold fitted on the other folds' OOF only (round-2 fold k's validation truth
+    never shapes it), the same one found by hand from their oof.npz."""
+    root, layout = binary
+    params = load_params(root / "params.yaml")
+    params = dataclasses.replace(
+        params,
+        pseudo=dataclasses.replace(params.pseudo, rounds=1, tta="none"),
+        infer=dataclasses.replace(params.infer, threshold="fit", postprocess="none"),
+    )
+    out = make_pseudo_labels(params, layout, 1)
+    per_set = out["postprocess"]["threshold_per_set"]
+    oof = {}
+    for f in params.train.folds:
+        with np.load(layout.oof_path("tiny", f)) as z:
+            oof[f] = [(z[k].astype(np.float32), read_mask(layout.mask_path(int(k)))) for k in z.files]
+    for k in params.train.folds:
+        others = [pair for f in params.train.folds if f != k for pair in oof[f]]
+        assert per_set[str(k)] == _best_threshold(others), k
+        assert read_json(layout.pseudo_files(1, k).summary_json)["threshold"] == per_set[str(k)]
