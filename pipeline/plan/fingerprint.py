@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,22 @@ class Fingerprint:
         return [c for c in self.classes if c.index != 0]
 
 
+def class_components(
+    masks: Iterable[np.ndarray], num_classes: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
+    """For each mask and each foreground class (1..num_classes-1) in it: ``(class, its pixels, their 4-connected
+    component labels, the number of components)``. Ignore pixels (255) and background (0) form no objects."""
+    for m in masks:
+        for c in np.unique(m):
+            c = int(c)
+            if c == 0 or c == IGNORE_INDEX or c >= num_classes:
+                continue
+            inside = m == c
+            labels, n = ndimage.label(inside)
+            if n:
+                yield c, inside, labels, n
+
+
 def component_widths(masks: Iterable[np.ndarray], num_classes: int) -> dict[int, list[float]]:
     """Thickness of each 4-connected component of each foreground class (1..num_classes-1): twice the largest
     Euclidean distance from one of its pixels to the nearest pixel not of the class (the image border counts as
@@ -127,16 +143,9 @@ def component_widths(masks: Iterable[np.ndarray], num_classes: int) -> dict[int,
     {1: [8.0], 2: [2.0]}
     """
     widths: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
-    for m in masks:
-        for c in np.unique(m):
-            c = int(c)
-            if c == 0 or c == IGNORE_INDEX or c not in widths:
-                continue
-            inside = np.pad(m == c, 1)  # the border is outside
-            labels, n = ndimage.label(inside)
-            if n:
-                edt = ndimage.distance_transform_edt(inside)
-                widths[c].extend(2.0 * float(d) for d in ndimage.maximum(edt, labels, np.arange(1, n + 1)))
+    for c, inside, labels, n in class_components(masks, num_classes):
+        edt = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]  # padded: the border is outside
+        widths[c].extend(2.0 * float(d) for d in ndimage.maximum(edt, labels, np.arange(1, n + 1)))
     return widths
 
 
@@ -147,14 +156,8 @@ def component_areas(masks: Iterable[np.ndarray], num_classes: int) -> dict[int, 
     class, empty lists for classes never present.
     """
     areas: dict[int, list[int]] = {c: [] for c in range(1, num_classes)}
-    for m in masks:
-        for c in np.unique(m):
-            c = int(c)
-            if c == 0 or c == IGNORE_INDEX or c not in areas:
-                continue
-            labels, n = ndimage.label(m == c)
-            if n:
-                areas[c].extend(int(a) for a in np.bincount(labels.ravel())[1:])
+    for c, _, labels, _ in class_components(masks, num_classes):
+        areas[c].extend(int(a) for a in np.bincount(labels.ravel())[1:])
     return areas
 
 
