@@ -282,7 +282,10 @@ def resize(sized: Sized, folds: int, fp: Fingerprint, params: Params, target: Ta
     """``sized``'s probed config with its epochs (and the augmentations that follow from them) sized for ``folds``
     folds sharing its budget: no new probe."""
     base_src = str(Layout().model_config(sized.name))
-    work = dataclasses.replace(sized.work, folds=folds)
+    # from the probed epoch size: a cut of samples per epoch that an earlier sizing (more folds) needed is not kept
+    work = dataclasses.replace(
+        sized.work, folds=folds, samples_per_epoch=getattr(sized.probed.recipe, "samples_per_epoch", None)
+    )
     records = list(sized.probe_records)
     seconds = target.seconds_for(sized.timing.probe_seconds)
     cfg, work, epochs, fits = size_epochs(

@@ -651,3 +651,27 @@ def test_a_step_starved_plan_probes_smaller_whole_images_and_keeps_them_only_if_
     else:
         assert model["config"]["input_size"] == [128, 128] and timing["input_size"] == [128, 128]
         assert "the steps rule tried 64x64" in keys["input_size"] and "kept the full size" in keys["input_size"]
+
+
+def test_fewer_folds_size_whole_epochs_again_after_more_folds_needed_fewer_samples() -> None:
+    """Sizing for 5 folds on a slow machine cuts samples per epoch (not even plan.min_epochs of whole passes fit);
+    the fold rule's re-sizing for 1 fold starts from the probed epoch (one pass over the fold), not from that cut:
+    on the 2026-12-07 box the embedded default had trained 1 fold of 23 epochs of 384 samples instead of whole
+    epochs."""
+    from pipeline.plan.machine import StepTiming
+    from pipeline.plan.stage import Sized, Target, resize
+
+    cfg = load_model_config(REPO / "configs" / "models" / "cnn_default.yaml")
+    params = Params()
+    timing = StepTiming("cnn_default", (64, 84), 32, 2.3, 0.01, 0.1, 5, 20.0)
+    costs = bud.Costs(2.3, 0.01, 3.0, 0.001, 0.1, 0.05)
+    work = bud.Work(images=4000, test_images=500, k=5, folds=5, rounds=2, batch_size=32, later_epochs=2)
+    geometry = rules.choose_geometry(DIGITS, "cpu")
+    probed = Sized("cnn_default", cfg, [], timing, work, costs, 0, False, geometry, cfg, [])
+    target = Target("configs/models/auto.yaml", {}, 6, lambda probe: 20 * 60.0, 5)
+    five = resize(probed, 5, DIGITS, params, target)
+    assert five.work.samples_per_epoch is not None and five.work.samples_per_epoch < 3200  # the cut
+    one = resize(five, 1, DIGITS, params, target)
+    assert one.work.samples_per_epoch is None and one.cfg.recipe.samples_per_epoch is None
+    assert one.epochs == bud.fitting_epochs(dataclasses.replace(work, folds=1), costs, 20 * 60.0)
+    assert one.epochs * one.work.steps(1) > five.epochs * five.work.steps(1)
