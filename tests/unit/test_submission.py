@@ -473,8 +473,9 @@ def test_ledger_creates_then_appends(tmp_path: Path) -> None:
     append_ledger(ledger, {"file": "b.csv", "git_commit": "abc123", "lb_miou": np.float32(0.5)})
     rows = _read_ledger(ledger)
     assert rows[0] == LEDGER_COLUMNS
-    # the last seven: metric, oof_in_sample, oof_cross_fitted, fallback, lb_score, submission_sha256, postprocess
-    assert rows[1] == ["a.csv", "t1", "", '["unet","fpn"]', "[0,1]", "True", '{"unet":0.5}', "0.71", "", ""] + [""] * 7
+    # the last eight: metric, oof_in_sample, oof_cross_fitted, fallback, lb_score, submission_sha256, postprocess,
+    # threshold
+    assert rows[1] == ["a.csv", "t1", "", '["unet","fpn"]', "[0,1]", "True", '{"unet":0.5}', "0.71", "", ""] + [""] * 8
     assert rows[2][0] == "b.csv" and rows[2][2] == "abc123" and rows[2][8] == "0.5" and rows[2][9] == ""
     assert rows[2][1].endswith("+00:00")  # time defaults to now, UTC
     assert [p.name for p in ledger.parent.iterdir()] == ["ledger.csv"]
