@@ -9,8 +9,9 @@ points at nothing); the harness scores the written submission afterwards with th
 - ``fixed``: ``cnn_default`` as it is (its own 7 epochs; ``--small``: ``--small-epochs``, 1 by default);
 - ``fixed@budget``: the same with ``train.epochs`` scaled so training takes ``--budget-minutes`` (from the epoch time
   ``fixed`` measured), when a budget is given;
-- ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage); on a branch whose params.yaml has
-  no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
+- ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage): ``--budget-minutes``, else 30, or
+  1 with ``--small`` (a smoke run: at 30 a small competition trains ``plan.max_epochs``); on a branch whose
+  params.yaml has no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
 
 ``--variants planned`` runs only the planned default (to compare a plan change with fixed rows already recorded:
 the fixed variants do not run the plan's code).
@@ -75,6 +76,9 @@ def copy_project(dest: Path) -> Path:
 
 def has_plan(params: dict[str, Any]) -> bool:
     return isinstance(params.get("plan"), dict) and "enabled" in params["plan"]
+
+
+SMALL_BUDGET_MINUTES = 1.0  # the planned default's budget in --small mode without --budget-minutes (a smoke run)
 
 
 def set_params(root: Path, comp: Path, spec: Competition, small: bool, folds: int, **changes: Any) -> dict[str, Any]:
@@ -188,7 +192,8 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
         rows.append({"competition": spec.name, "variant": "planned", "error": NO_PLAN})
     else:
         print(f"[{spec.name}] planned default", flush=True)
-        plan = {"plan.enabled": True, "plan.budget_minutes": float(args.budget_minutes or 30.0)}
+        budget = args.budget_minutes or (SMALL_BUDGET_MINUTES if args.small else 30.0)
+        plan = {"plan.enabled": True, "plan.budget_minutes": float(budget)}
         planned = run_variant(work / "planned", comp, truth, **common, **plan)
         rows.append({"competition": spec.name, "variant": "planned", **planned})
     return rows
