@@ -7,20 +7,23 @@ points at nothing); the harness scores the written submission afterwards with th
 (:func:`pipeline.leaderboard.score_submission`). Variants:
 
 - ``fixed``: ``cnn_default`` as it is (its own 7 epochs; ``--small``: ``--small-epochs``, 1 by default);
-- ``fixed@budget``: the same with ``train.epochs`` scaled so training takes ``--budget-minutes`` (from the epoch time
-  ``fixed`` measured), when a budget is given;
+- ``fixed@budget``: the same with ``train.epochs`` scaled so that it spends ``--budget-minutes`` as the plan's
+  budget counts them (from what ``fixed`` measured: round 1's epoch cost, each stage's start-up and out-of-fold pass,
+  the later rounds: :func:`epochs_at_budget`), when a budget is given;
 - ``planned``: ``plan.enabled: true`` and ``plan.budget_minutes`` (the plan stage): ``--budget-minutes``, else 30, or
   1 with ``--small`` (a smoke run: at 30 a small competition trains ``plan.max_epochs``); on a branch whose
   params.yaml has no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
 
 ``--variants planned`` runs only the planned default (to compare a plan change with fixed rows already recorded:
-the fixed variants do not run the plan's code).
+the fixed variants do not run the plan's code). ``--set infer.threshold=fit`` (repeatable) changes params.yaml in every
+variant: an idea measured on the whole zoo with one command.
 
 Prints a table and writes it to the head of ``bench/RESULTS.md`` (``--out``; its other ``## `` sections are kept):
-competition, variant, local-leaderboard mIoU, mBIoU, minimum class IoU, train minutes (all folds and rounds, from each
-fold's metrics.json), and the plan's choices.
+competition, variant, local-leaderboard mIoU, mBIoU, minimum class IoU, budget minutes (the plan stage and every
+training stage of every fold and round, each from its process's start: what ``plan.budget_minutes`` bounds; the
+plan's prediction beside them), and the plan's choices.
 
-    python bench/zoo.py [--competitions objects,silhouette] [--small] [--budget-minutes 30] [--folds 5]
+    python bench/zoo.py [--competitions objects,silhouette] [--small] [--budget-minutes 30] [--folds 5] [--set K=V]
 """
 
 from __future__ import annotations
@@ -122,7 +125,12 @@ def run_variant(
         log = str(e.stdout or "") + str(e.stderr or "")
         failed = f"timed out after {timeout / 60:.0f} min"
     (root / "bench_zoo.log").write_text(log, encoding="utf-8")
-    row: dict[str, Any] = {"wall_minutes": (time.time() - t0) / 60, "train_minutes": train_minutes(root)}
+    row: dict[str, Any] = {
+        "wall_minutes": (time.time() - t0) / 60,
+        "train_minutes": train_minutes(root),
+        "budget_minutes": budget_minutes(root),
+        "predicted_minutes": predicted_minutes(root),
+    }
     row["plan"] = plan_choices(root)
     if failed:
         return {**row, "error": failed}
@@ -138,16 +146,62 @@ def _last_error(text: str) -> str:
     return (hits[0] if hits else lines[-1] if lines else "failed")[:160]
 
 
+def fold_metrics(root: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(round, metrics.json) of every trained fold of every model config."""
+    return [
+        (int(p.relative_to(root / "work").parts[0].removeprefix("r")), json.loads(p.read_text()))
+        for p in sorted(root.glob("work/r*/models/*/*/metrics.json"))
+    ]
+
+
 def train_minutes(root: Path) -> float:
-    """Training time of every fold and round, from each fold's metrics.json (0 when none trained)."""
-    total = sum(
-        json.loads(p.read_text()).get("train_seconds", 0.0) for p in root.glob("work/r*/models/*/*/metrics.json")
-    )
-    return total / 60
+    """The epochs' training time (training, validation, checkpoints) of every fold and round (0 when none)."""
+    return sum(m.get("train_seconds", 0.0) for _, m in fold_metrics(root)) / 60
+
+
+def budget_minutes(root: Path) -> float | None:
+    """What the budget counts: the plan stage's whole time (when it planned) and every training stage's whole time,
+    imports and the out-of-fold pass included (``stage_seconds``, :mod:`pipeline.clock`); ``None`` when a training
+    stage did not record it (a branch without it)."""
+    runs = fold_metrics(root)
+    if not runs or any("stage_seconds" not in m for _, m in runs):
+        return None
+    plan_path = root / "work" / "plan.yaml"
+    plan = (yaml.safe_load(plan_path.read_text()) or {}) if plan_path.is_file() else {}
+    plan_seconds = (plan.get("budget") or {}).get("plan_seconds", 0.0) if plan.get("enabled") else 0.0
+    return (plan_seconds + sum(m["stage_seconds"] for _, m in runs)) / 60
+
+
+def predicted_minutes(root: Path) -> float | None:
+    """The plan's prediction of :func:`budget_minutes` (work/plan.yaml), ``None`` without a plan."""
+    path = root / "work" / "plan.yaml"
+    plan = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return (plan.get("budget") or {}).get("predicted_minutes") if plan.get("enabled") else None
+
+
+def epochs_at_budget(root: Path, minutes: float) -> int:
+    """Round-1 epochs (``train.epochs``) with which the run in ``root`` would have spent ``minutes`` as the budget
+    counts it: its stages' overheads (start-up, imports, the out-of-fold pass: ``stage_seconds - train_seconds``) and
+    the later rounds (their own ``pseudo.epochs``) as measured, round 1's epochs at their measured cost. Without
+    ``stage_seconds`` the overheads count 0 (the epochs' time alone fills the budget). At least 1."""
+    runs = fold_metrics(root)
+    first = [m for r, m in runs if r == 1]
+    epochs = sum(m["epochs"] for m in first)
+    if not epochs:
+        return 1
+    per_epoch = sum(m["train_seconds"] for m in first) / epochs  # one epoch of one fold
+    overhead = sum(m.get("stage_seconds", m["train_seconds"]) - m["train_seconds"] for _, m in runs)
+    later = sum(m["train_seconds"] for r, m in runs if r > 1)
+    return max(1, int((minutes * 60 - overhead - later) / (per_epoch * len(first))))
 
 
 def epochs_trained(root: Path) -> int:
-    return sum(json.loads(p.read_text()).get("epochs", 0) for p in root.glob("work/r*/models/*/*/metrics.json"))
+    return sum(m.get("epochs", 0) for _, m in fold_metrics(root))
+
+
+def first_round_epochs(root: Path) -> int:
+    """Round 1's epochs of one fold (the largest: every fold trains ``train.epochs``)."""
+    return max((m.get("epochs", 0) for r, m in fold_metrics(root) if r == 1), default=0)
 
 
 def plan_choices(root: Path) -> str:
@@ -166,7 +220,7 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
         spec.generate(comp, truth, n_train=n_train, n_test=n_test, seed=args.seed)
     common = {"spec": spec, "small": args.small, "folds": args.folds, "timeout": args.timeout_minutes * 60}
     rows = []
-    extra: dict[str, Any] = {"plan.enabled": False}  # today's fixed default: cnn_default as it is
+    extra: dict[str, Any] = {**args.set, "plan.enabled": False}  # today's fixed default: cnn_default as it is
     if args.small:
         extra["train.epochs"] = args.small_epochs
     fixed: dict[str, Any] = {"error": "not run"}
@@ -175,9 +229,8 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
         fixed = run_variant(work / "fixed", comp, truth, **common, **extra)
         rows.append({"competition": spec.name, "variant": "fixed", **fixed})
     if args.budget_minutes and "error" not in fixed and epochs_trained(work / "fixed"):
-        per_epoch = fixed["train_minutes"] / epochs_trained(work / "fixed")
-        epochs = max(1, int(args.budget_minutes / (per_epoch * args.folds)))
-        if epochs * args.folds == epochs_trained(work / "fixed"):  # the budget buys what `fixed` trained
+        epochs = epochs_at_budget(work / "fixed", args.budget_minutes)
+        if epochs == first_round_epochs(work / "fixed"):  # the budget buys what `fixed` trained
             print(f"[{spec.name}] fixed default at the budget: {epochs} epochs, as run", flush=True)
             scaled = fixed
         else:
@@ -193,25 +246,43 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
     else:
         print(f"[{spec.name}] planned default", flush=True)
         budget = args.budget_minutes or (SMALL_BUDGET_MINUTES if args.small else 30.0)
-        plan = {"plan.enabled": True, "plan.budget_minutes": float(budget)}
+        plan = {**args.set, "plan.enabled": True, "plan.budget_minutes": float(budget)}
         planned = run_variant(work / "planned", comp, truth, **common, **plan)
         rows.append({"competition": spec.name, "variant": "planned", **planned})
     return rows
 
 
+def minutes_cell(r: dict[str, Any]) -> str:
+    """Budget minutes as counted (plan stage + training stages), the plan's prediction beside them; the epochs'
+    time alone where a branch records no stage time."""
+    if r.get("budget_minutes") is None:
+        return f"{r.get('train_minutes', 0):.1f} (epochs only)"
+    pred = r.get("predicted_minutes")
+    return f"{r['budget_minutes']:.1f}" + (f" (plan said {pred:.1f})" if pred is not None else "")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| competition | variant | LB mIoU | mBIoU | min class IoU | train min | plan's choices |"
+    head = "| competition | variant | LB mIoU | mBIoU | min class IoU | budget min | plan's choices |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r and "mIoU" not in r:
-            lines.append(f"| {r['competition']} | {r['variant']} | - | - | - | {r.get('train_minutes', 0):.1f} | "
-                         f"{r['error']} |")  # fmt: skip
+            lines.append(f"| {r['competition']} | {r['variant']} | - | - | - | {minutes_cell(r)} | {r['error']} |")
             continue
         lines.append(
             f"| {r['competition']} | {r['variant']} | {r['mIoU']:.4f} | {r['mBIoU']:.4f} | {r['min_IoU']:.4f} | "
-            f"{r['train_minutes']:.1f} | {r['plan'] or '-'} |"
+            f"{minutes_cell(r)} | {r['plan'] or '-'} |"
         )
     return "\n".join(lines)
+
+
+def parse_set(ap: argparse.ArgumentParser, text: str) -> tuple[str, Any]:
+    """``section.key=value`` -> (``section.key``, the YAML value); a malformed one is the parser's error."""
+    key, sep, value = text.partition("=")
+    if not sep or key.count(".") != 1 or not all(key.split(".")):
+        ap.error(f"--set {text!r}: write SECTION.KEY=VALUE (e.g. infer.threshold=fit)")
+    if key in ("plan.enabled", "plan.budget_minutes"):
+        ap.error(f"--set {key}: the variants set it themselves (use --variants and --budget-minutes)")
+    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         default="fixed,planned",
         help="comma-separated, from fixed (with fixed@budget when --budget-minutes is given) and planned",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a params.yaml change for every variant (a YAML value; repeatable), e.g. infer.threshold=fit",
+    )
     args = ap.parse_args(argv)
+    args.set = dict(parse_set(ap, s) for s in args.set)
     args.variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     if not args.variants or args.variants - {"fixed", "planned"}:
         ap.error(f"--variants: choose from fixed, planned (got {sorted(args.variants)})")
@@ -248,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Zoo results\n\n`python bench/zoo.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
         f"({mode}, {args.folds} fold(s), budget {budget}, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs).\n"
         "LB: the local leaderboard on the held-back test truth (the pipeline never saw it); min class IoU over the "
-        "foreground classes in the test truth; train min: all folds and rounds.\n\n"
+        "foreground classes in the test truth; budget min: what the budget counts, the plan stage and every training "
+        "stage (all folds and rounds) from each process's start, imports included.\n\n"
     )
     write_zoo_section(Path(args.out), header + text + "\n")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.clock import process_seconds
 from pipeline.config import DEFAULT_PARAMS, load_params, read_yaml
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=DEFAULT_PARAMS, help="params file (sections: data, folds, train, pseudo, plan)")
     args = ap.parse_args(argv)
     layout = Layout()
-    plan = make_plan(load_params(args.params), layout, read_yaml(args.params) or {})
+    plan = make_plan(load_params(args.params), layout, read_yaml(args.params) or {}, started=process_seconds() or 0.0)
     for name, entry in plan["models"].items():
         print(f"{name}:")
         for key in entry["keys"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.clock import record_stage_seconds
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.errors import run_cli
 from pipeline.paths import Layout
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = train_round(cfg, args.model, args.fold, layout, params, args.round)
     if metrics:
+        record_stage_seconds(layout.fold_files(args.model, args.fold, args.round).metrics)  # what the budget counts
         print(
             f"{args.model} fold {args.fold}: best val mIoU {metrics['val_mIoU']:.4f} at epoch {metrics['best_epoch']}"
         )

@@ -426,9 +426,11 @@ def disabled_plan(fp: Fingerprint, layout: Layout, params: Params) -> dict[str, 
     return {"enabled": False, "fingerprint": fp.to_dict(), "models": models, "infer": infer}
 
 
-def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any]) -> dict[str, Any]:
-    """The plan for ``params`` (``raw_params``: params.yaml as written, to tell explicit keys); writes plan.yaml."""
-    t_start = time.perf_counter()
+def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any], started: float = 0.0) -> dict[str, Any]:
+    """The plan for ``params`` (``raw_params``: params.yaml as written, to tell explicit keys); writes plan.yaml.
+    ``started``: seconds the stage had already run (its imports, :func:`pipeline.clock.process_seconds`), charged to
+    the budget with the probes."""
+    t_start = time.perf_counter() - started
     pp = params.plan
     fp = compute_fingerprint(params.data, layout, pp.fingerprint_images, pp.seed)
     if not pp.enabled:

@@ -49,3 +49,11 @@ def test_zoo_bench_runs_the_pipeline_on_a_tiny_silhouette(tmp_path: Path) -> Non
     union = cm.sum(0) + cm.sum(1) - inter
     miou = float(np.mean(inter / union))
     assert f"| silhouette | fixed | {miou:.4f} |" in text
+
+    # Budget minutes: the plan stage and each training stage from its process's start, never less than its epochs.
+    planned = work / "silhouette" / "planned"
+    runs = [json.loads(p.read_text()) for p in planned.glob("work/r*/models/*/*/metrics.json")]
+    assert runs and all(m["stage_seconds"] > m["train_seconds"] for m in runs)  # imports, OOF pass: more than epochs
+    plan = json.loads(json.dumps(__import__("yaml").safe_load((planned / "work" / "plan.yaml").read_text())))
+    minutes = (plan["budget"]["plan_seconds"] + sum(m["stage_seconds"] for m in runs)) / 60
+    assert f"| {minutes:.1f} (plan said {plan['budget']['predicted_minutes']:.1f}) |" in rows[-1]
