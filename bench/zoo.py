@@ -14,6 +14,8 @@ points at nothing); the harness scores the written submission afterwards with th
   1 with ``--small`` (a smoke run: at 30 a small competition trains ``plan.max_epochs``); on a branch whose
   params.yaml has no ``plan`` section this prints "plan: not available on this branch" and repeats nothing.
 
+``--seeds 3`` runs every variant with training seeds 0, 1, 2 (``train.seed``; ``--first-seed`` moves the start) and
+reports each score as mean ± sd, and planned - fixed@budget paired by seed with :func:`pipeline.repeats.verdict`.
 ``--variants planned`` runs only the planned default (to compare a plan change with fixed rows already recorded:
 the fixed variants do not run the plan's code). ``--set infer.threshold=fit`` (repeatable) changes params.yaml in every
 variant: an idea measured on the whole zoo with one command.
@@ -33,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +52,7 @@ from pipeline.config import from_dict  # noqa: E402
 from pipeline.data.zoo.registry import ZOO, Competition  # noqa: E402
 from pipeline.leaderboard import score_submission  # noqa: E402
 from pipeline.plan.summary import plan_summary  # noqa: E402
+from pipeline.repeats import mean_sd, verdict  # noqa: E402
 from pipeline.submission.format import SubmissionFormat  # noqa: E402
 
 NO_PLAN = "plan: not available on this branch"
@@ -211,32 +215,49 @@ def plan_choices(root: Path) -> str:
 
 
 def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Generate one competition and run its variants; return the table rows."""
+    """Generate one competition and run its variants once per training seed; return the table rows (with several
+    seeds, one row per variant as mean ± sd, :func:`aggregate`)."""
     work = Path(args.work).resolve() / spec.name
     comp, truth = work / "competition", work / "truth"
     n_train, n_test = spec.small if args.small else (spec.n_train, spec.n_test)
     if not (comp / "test.json").is_file() or not (truth / "competition.json").is_file() or args.regenerate:
         print(f"[{spec.name}] generating {n_train} train / {n_test} test images", flush=True)
         spec.generate(comp, truth, n_train=n_train, n_test=n_test, seed=args.seed)
+    if args.seeds == 1:
+        return seed_rows(spec, args, work, "", {})
+    per_seed = [
+        seed_rows(spec, args, work, f"-s{seed}", {"train.seed": seed})
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+    ]
+    return aggregate(spec.name, per_seed)
+
+
+def seed_rows(
+    spec: Competition, args: argparse.Namespace, work: Path, suffix: str, seed: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The variants with one training seed (``seed``: ``{}`` or ``{"train.seed": s}``), each in
+    ``work/<variant><suffix>``."""
+    comp, truth, at = work / "competition", work / "truth", f" (seed {seed['train.seed']})" if seed else ""
     common = {"spec": spec, "small": args.small, "folds": args.folds, "timeout": args.timeout_minutes * 60}
     rows = []
-    extra: dict[str, Any] = {**args.set, "plan.enabled": False}  # today's fixed default: cnn_default as it is
+    extra: dict[str, Any] = {**args.set, **seed, "plan.enabled": False}  # today's fixed default: cnn_default as it is
     if args.small:
         extra["train.epochs"] = args.small_epochs
     fixed: dict[str, Any] = {"error": "not run"}
     if "fixed" in args.variants:
-        print(f"[{spec.name}] fixed default", flush=True)
-        fixed = run_variant(work / "fixed", comp, truth, **common, **extra)
+        print(f"[{spec.name}] fixed default{at}", flush=True)
+        fixed = run_variant(work / f"fixed{suffix}", comp, truth, **common, **extra)
         rows.append({"competition": spec.name, "variant": "fixed", **fixed})
-    if args.budget_minutes and "error" not in fixed and epochs_trained(work / "fixed"):
-        epochs = epochs_at_budget(work / "fixed", args.budget_minutes)
-        if epochs == first_round_epochs(work / "fixed"):  # the budget buys what `fixed` trained
-            print(f"[{spec.name}] fixed default at the budget: {epochs} epochs, as run", flush=True)
+    if args.budget_minutes and "error" not in fixed and epochs_trained(work / f"fixed{suffix}"):
+        epochs = epochs_at_budget(work / f"fixed{suffix}", args.budget_minutes)
+        if epochs == first_round_epochs(work / f"fixed{suffix}"):  # the budget buys what `fixed` trained
+            print(f"[{spec.name}] fixed default at the budget: {epochs} epochs, as run{at}", flush=True)
             scaled = fixed
         else:
-            print(f"[{spec.name}] fixed default at the budget: {epochs} epochs", flush=True)
-            scaled = run_variant(work / "fixed_budget", comp, truth, **common, **{**extra, "train.epochs": epochs})
-        rows.append({"competition": spec.name, "variant": f"fixed@budget ({epochs} ep)", **scaled})
+            print(f"[{spec.name}] fixed default at the budget: {epochs} epochs{at}", flush=True)
+            changes = {**extra, "train.epochs": epochs}
+            scaled = run_variant(work / f"fixed_budget{suffix}", comp, truth, **common, **changes)
+        rows.append({"competition": spec.name, "variant": "fixed@budget", "epochs": epochs, **scaled})
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     if "planned" not in args.variants:
         return rows
@@ -244,11 +265,44 @@ def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[
         print(f"[{spec.name}] {NO_PLAN}", flush=True)
         rows.append({"competition": spec.name, "variant": "planned", "error": NO_PLAN})
     else:
-        print(f"[{spec.name}] planned default", flush=True)
+        print(f"[{spec.name}] planned default{at}", flush=True)
         budget = args.budget_minutes or (SMALL_BUDGET_MINUTES if args.small else 30.0)
-        plan = {**args.set, "plan.enabled": True, "plan.budget_minutes": float(budget)}
-        planned = run_variant(work / "planned", comp, truth, **common, **plan)
+        plan = {**args.set, **seed, "plan.enabled": True, "plan.budget_minutes": float(budget)}
+        planned = run_variant(work / f"planned{suffix}", comp, truth, **common, **plan)
         rows.append({"competition": spec.name, "variant": "planned", **planned})
+    return rows
+
+
+SCORES = ("mIoU", "mBIoU", "min_IoU")
+
+
+def aggregate(competition: str, per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant over the seeds: each score as (mean, sd) (sample sd, :func:`pipeline.repeats.mean_sd`),
+    minutes as their mean, the plan's choices of the first seed; a variant that failed on some seed is an error row.
+    The planned row also holds ``gain``: planned minus fixed@budget, paired by seed, as (mean, sd) and the verdict of
+    :func:`pipeline.repeats.verdict` (distinguishable when the mean is two sds from zero)."""
+    rows = []
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for seed_rows_ in per_seed:
+        for r in seed_rows_:
+            by_variant.setdefault(r["variant"], []).append(r)
+    for variant, runs in by_variant.items():
+        row: dict[str, Any] = {"competition": competition, "variant": variant, "seeds": len(runs)}
+        failed = [r["error"] for r in runs if "mIoU" not in r]
+        for key in ("train_minutes", "budget_minutes", "predicted_minutes"):
+            values = [r.get(key) for r in runs]
+            row[key] = None if any(v is None for v in values) else statistics.fmean(values)  # type: ignore[arg-type]
+        row["plan"] = runs[0].get("plan", "")
+        if "epochs" in runs[0]:
+            row["epochs"] = [r["epochs"] for r in runs]
+        if failed:
+            rows.append({**row, "error": f"{len(failed)} of {len(runs)} seeds failed: {failed[0]}"})
+            continue
+        rows.append({**row, **{k: mean_sd([r[k] for r in runs]) for k in SCORES}})
+    planned, fixed = by_variant.get("planned", []), by_variant.get("fixed@budget", [])
+    if planned and len(planned) == len(fixed) and all("mIoU" in r for r in planned + fixed):
+        gains = [p["mIoU"] - f["mIoU"] for p, f in zip(planned, fixed)]
+        rows[[r["variant"] for r in rows].index("planned")]["gain"] = (*mean_sd(gains), verdict(gains))
     return rows
 
 
@@ -256,22 +310,44 @@ def minutes_cell(r: dict[str, Any]) -> str:
     """Budget minutes as counted (plan stage + training stages), the plan's prediction beside them; the epochs'
     time alone where a branch records no stage time."""
     if r.get("budget_minutes") is None:
-        return f"{r.get('train_minutes', 0):.1f} (epochs only)"
+        return "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f} (epochs only)"
     pred = r.get("predicted_minutes")
     return f"{r['budget_minutes']:.1f}" + (f" (plan said {pred:.1f})" if pred is not None else "")
+
+
+def variant_label(r: dict[str, Any]) -> str:
+    """``fixed@budget (11 ep)``, over seeds ``fixed@budget (11-12 ep)``, ``planned (3 seeds)``."""
+    label = r["variant"]
+    if "epochs" in r:
+        eps = r["epochs"] if isinstance(r["epochs"], list) else [r["epochs"]]
+        label += f" ({min(eps)} ep)" if min(eps) == max(eps) else f" ({min(eps)}-{max(eps)} ep)"
+    return label + (f" ({r['seeds']} seeds)" if r.get("seeds", 1) > 1 else "")
+
+
+def score_cell(value: float | tuple[float, float]) -> str:
+    """One run's score, or (mean, sd) over seeds as ``0.5123 ± 0.0101``."""
+    return f"{value[0]:.4f} ± {value[1]:.4f}" if isinstance(value, tuple) else f"{value:.4f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = "| competition | variant | LB mIoU | mBIoU | min class IoU | budget min | plan's choices |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
+        name = f"| {r['competition']} | {variant_label(r)} |"
         if "error" in r and "mIoU" not in r:
-            lines.append(f"| {r['competition']} | {r['variant']} | - | - | - | {minutes_cell(r)} | {r['error']} |")
+            lines.append(f"{name} - | - | - | {minutes_cell(r)} | {r['error']} |")
             continue
-        lines.append(
-            f"| {r['competition']} | {r['variant']} | {r['mIoU']:.4f} | {r['mBIoU']:.4f} | {r['min_IoU']:.4f} | "
-            f"{minutes_cell(r)} | {r['plan'] or '-'} |"
-        )
+        cells = " | ".join(score_cell(r[k]) for k in SCORES)
+        lines.append(f"{name} {cells} | {minutes_cell(r)} | {r['plan'] or '-'} |")
+    gains = [r for r in rows if "gain" in r]
+    if gains:
+        lines.append("")
+        for r in gains:
+            mean, sd, said = r["gain"]
+            lines.append(
+                f"- {r['competition']}: planned - fixed@budget LB mIoU {mean:+.4f} ± {sd:.4f} over {r['seeds']} "
+                f"seeds (paired): {said}"
+            )
     return "\n".join(lines)
 
 
@@ -292,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-epochs", type=int, default=1, help="epochs of the fixed default in --small mode")
     ap.add_argument("--budget-minutes", type=float, default=None, help="training budget of every variant")
     ap.add_argument("--folds", type=int, default=5, help="folds to train (the first N of folds.k)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the competitions' generation seed")
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per variant (train.seed): mean ± sd")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first training seed of --seeds")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "segpipe_zoo"), help="competitions, copies")
     ap.add_argument("--regenerate", action="store_true", help="generate the competitions again")
     ap.add_argument("--timeout-minutes", type=float, default=120.0, help="per pipeline run")
@@ -310,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a params.yaml change for every variant (a YAML value; repeatable), e.g. infer.threshold=fit",
     )
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds: at least 1 (got {args.seeds})")
     args.set = dict(parse_set(ap, s) for s in args.set)
+    if args.seeds > 1 and "train.seed" in args.set:
+        ap.error("--set train.seed: --seeds sets it (use --first-seed)")
     args.variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     if not args.variants or args.variants - {"fixed", "planned"}:
         ap.error(f"--variants: choose from fixed, planned (got {sorted(args.variants)})")

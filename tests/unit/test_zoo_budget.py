@@ -67,3 +67,35 @@ def test_set_parses_yaml_values_and_refuses_what_the_variants_own() -> None:
     for bad in ("threshold=fit", "infer.threshold", "a.b.c=1", "plan.enabled=true"):
         with pytest.raises(SystemExit):
             bench.parse_set(ap, bad)
+
+
+def row(variant: str, miou: float, **extra: object) -> dict[str, object]:
+    return {"competition": "c", "variant": variant, "mIoU": miou, "mBIoU": miou - 0.1, "min_IoU": 0.0,
+            "train_minutes": 2.0, "budget_minutes": 3.0, "predicted_minutes": 2.9, "plan": "p", **extra}  # fmt: skip
+
+
+def test_seeds_aggregate_as_mean_sd_and_a_paired_gain() -> None:
+    per_seed = [
+        [row("fixed", 0.10), row("fixed@budget", 0.20, epochs=11), row("planned", 0.25)],
+        [row("fixed", 0.12), row("fixed@budget", 0.22, epochs=12), row("planned", 0.26)],
+        [row("fixed", 0.14), row("fixed@budget", 0.24, epochs=11), row("planned", 0.30)],
+    ]
+    rows = {r["variant"]: r for r in bench.aggregate("c", per_seed)}
+    assert rows["fixed"]["mIoU"] == (0.12, 0.02)  # mean of 0.10, 0.12, 0.14; sample sd 0.02
+    mean, sd, said = rows["planned"]["gain"]  # gains 0.05, 0.04, 0.06 -> 0.05 ± 0.01: 5 sd from 0
+    assert (round(mean, 9), round(sd, 9), said) == (0.05, 0.01, "distinguishable")
+    text = bench.table(list(rows.values()))
+    assert "| c | fixed@budget (11-12 ep) (3 seeds) | 0.2200 ± 0.0200 |" in text
+    assert "- c: planned - fixed@budget LB mIoU +0.0500 ± 0.0100 over 3 seeds (paired): distinguishable" in text
+
+
+def test_a_seed_that_failed_makes_its_variant_an_error_row() -> None:
+    per_seed = [[row("planned", 0.3)], [{"competition": "c", "variant": "planned", "error": "timed out after 25 min"}]]
+    (only,) = bench.aggregate("c", per_seed)
+    assert only["error"] == "1 of 2 seeds failed: timed out after 25 min" and "mIoU" not in only
+    assert bench.table([only]).splitlines()[-1].startswith("| c | planned (2 seeds) | - | - | - |")
+
+
+def test_one_seed_keeps_the_single_run_format() -> None:
+    text = bench.table([row("fixed@budget", 0.2, epochs=11)])
+    assert text.splitlines()[-1] == "| c | fixed@budget (11 ep) | 0.2000 | 0.1000 | 0.0000 | 3.0 (plan said 2.9) | p |"
