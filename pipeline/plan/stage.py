@@ -426,6 +426,25 @@ def disabled_plan(fp: Fingerprint, layout: Layout, params: Params) -> dict[str, 
     return {"enabled": False, "fingerprint": fp.to_dict(), "models": models, "infer": infer}
 
 
+def planned_infer(geometry: rules.Geometry, raw_params: dict[str, Any]) -> dict[str, Any]:
+    """The inference keys the plan chooses (the TTA candidates for the geometry), each with its value, its source and
+    its line; a key set in params.yaml (``raw_params``, as written) wins and the line says what the plan would set."""
+    infer: dict[str, Any] = {}
+    raw_infer = (raw_params.get("infer") or {}) if isinstance(raw_params, dict) else {}
+    for c in rules.choose_tta(geometry):
+        key = c.key.removeprefix("infer.")
+        if raw_infer.get(key) is not None:
+            v = raw_infer[key]
+            infer[key] = {
+                "value": v,
+                "source": "params.yaml (explicit)",
+                "line": line(c.key, v, "params.yaml (explicit)", f"the plan would set {show(c.value)}"),
+            }
+        else:
+            infer[key] = {"value": c.value, "source": "plan", "line": line(c.key, c.value, "plan", c.why)}
+    return infer
+
+
 def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any], started: float = 0.0) -> dict[str, Any]:
     """The plan for ``params`` (``raw_params``: params.yaml as written, to tell explicit keys); writes plan.yaml.
     ``started``: seconds the stage had already run (its imports, :func:`pipeline.clock.process_seconds`), charged to
@@ -470,19 +489,7 @@ def make_plan(params: Params, layout: Layout, raw_params: dict[str, Any], starte
             if r["key"] == "pretrained":
                 models[name]["normalisation"] = rules.choose_normalisation(fp, r["value"] is not None).why
 
-    infer: dict[str, Any] = {}
-    raw_infer = (raw_params.get("infer") or {}) if isinstance(raw_params, dict) else {}
-    for c in rules.choose_tta(sized_all[0].geometry):
-        key = c.key.removeprefix("infer.")
-        if raw_infer.get(key) is not None:
-            v = raw_infer[key]
-            infer[key] = {
-                "value": v,
-                "source": "params.yaml (explicit)",
-                "line": line(c.key, v, "params.yaml (explicit)", f"the plan would set {show(c.value)}"),
-            }
-        else:
-            infer[key] = {"value": c.value, "source": "plan", "line": line(c.key, c.value, "plan", c.why)}
+    infer = planned_infer(sized_all[0].geometry, raw_params)
     probe_s = sum(s.timing.probe_seconds for s in sized_all)
     splits = {n: bud.split(s.work, s.costs, s.epochs) for n, s in zip(models, sized_all)}
     training = sum(v["seconds"] for v in splits.values())
