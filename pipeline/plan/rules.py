@@ -236,11 +236,15 @@ def folds_for_steps(steps: Mapping[int, int], target: int) -> tuple[int, str]:
     3
     >>> folds_for_steps({1: 20000, 2: 10000, 3: 6600, 4: 5000, 5: 4000}, 3000)[0]
     5
+    >>> folds_for_steps({1: 640}, 3000)  # train.folds: [0]
+    (1, 'the one fold makes 640 round-1 steps, under plan.fold_steps (3000): no fold to drop')
     """
     most = max(steps)
     n = max([k for k, s in steps.items() if s >= target], default=1)
-    if n == most:
+    if n == most and steps[n] >= target:
         return n, f"each of the {n} folds makes {steps[n]} round-1 steps, at least plan.fold_steps ({target})"
+    if most == 1:
+        return 1, f"the one fold makes {steps[1]} round-1 steps, under plan.fold_steps ({target}): no fold to drop"
     return n, (
         f"the budget gives each of {most} folds {steps[most]} round-1 steps, under plan.fold_steps ({target}): "
         f"{n} fold{'s' if n > 1 else ''} of {steps[n]} steps each instead (the others' stages skip; 0 trains all)"
