@@ -11,9 +11,7 @@ import os
 from pathlib import Path
 
 from pipeline.io import read_json, write_json
-
-PROC_SELF_STAT = Path("/proc/self/stat")
-PROC_UPTIME = Path("/proc/uptime")
+from pipeline.paths import PROC_SELF_STAT, PROC_UPTIME
 
 
 def start_ticks(stat: str) -> int:

@@ -15,6 +15,8 @@ from typing import ClassVar
 
 # the kernel's description of this machine's CPUs (Linux): its flags tell native bf16 (pipeline.predict.cpu_has_bf16)
 CPUINFO = Path("/proc/cpuinfo")
+PROC_SELF_STAT = Path("/proc/self/stat")  # this process's start (pipeline.clock)
+PROC_UPTIME = Path("/proc/uptime")
 
 # a local weights file for an encoder, in order of preference (pipeline.plan.stage.find_weights)
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
