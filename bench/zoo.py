@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import from_dict  # noqa: E402
 from pipeline.data.zoo.registry import ZOO, Competition  # noqa: E402
 from pipeline.leaderboard import score_submission  # noqa: E402
+from pipeline.paths import Layout  # noqa: E402
 from pipeline.plan.summary import plan_summary  # noqa: E402
 from pipeline.repeats import mean_sd, verdict  # noqa: E402
 from pipeline.submission.format import SubmissionFormat  # noqa: E402
@@ -163,6 +164,12 @@ def train_minutes(root: Path) -> float:
     return sum(m.get("train_seconds", 0.0) for _, m in fold_metrics(root)) / 60
 
 
+def read_plan(root: Path) -> dict[str, Any] | None:
+    """The copy's work/plan.yaml (``{}`` when empty), ``None`` when the plan stage did not run."""
+    path = Layout(root).plan_yaml
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else None
+
+
 def budget_minutes(root: Path) -> float | None:
     """What the budget counts: the plan stage's whole time (when it planned) and every training stage's whole time,
     imports and the out-of-fold pass included (``stage_seconds``, :mod:`pipeline.clock`); ``None`` when a training
@@ -170,16 +177,14 @@ def budget_minutes(root: Path) -> float | None:
     runs = fold_metrics(root)
     if not runs or any("stage_seconds" not in m for _, m in runs):
         return None
-    plan_path = root / "work" / "plan.yaml"
-    plan = (yaml.safe_load(plan_path.read_text()) or {}) if plan_path.is_file() else {}
+    plan = read_plan(root) or {}
     plan_seconds = (plan.get("budget") or {}).get("plan_seconds", 0.0) if plan.get("enabled") else 0.0
     return (plan_seconds + sum(m["stage_seconds"] for _, m in runs)) / 60
 
 
 def predicted_minutes(root: Path) -> float | None:
     """The plan's prediction of :func:`budget_minutes` (work/plan.yaml), ``None`` without a plan."""
-    path = root / "work" / "plan.yaml"
-    plan = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    plan = read_plan(root) or {}
     return (plan.get("budget") or {}).get("predicted_minutes") if plan.get("enabled") else None
 
 
@@ -210,8 +215,8 @@ def first_round_epochs(root: Path) -> int:
 
 def plan_choices(root: Path) -> str:
     """The plan's key choices on one line (:func:`pipeline.plan.summary.plan_summary`); '' when it did not run."""
-    path = root / "work" / "plan.yaml"
-    return plan_summary(yaml.safe_load(path.read_text()) or {}) if path.is_file() else ""
+    plan = read_plan(root)
+    return "" if plan is None else plan_summary(plan)
 
 
 def bench_competition(spec: Competition, args: argparse.Namespace) -> list[dict[str, Any]]:
