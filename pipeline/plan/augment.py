@@ -7,9 +7,10 @@ handedness under it, and a quarter turn only for a square input (it would swap t
 
 Copy-paste (``recipe.paste``, :mod:`pipeline.data.paste`) puts another training image's labelled objects over an
 image: new combinations of object and background for the same labels. It is a regulariser, so it waits for a longer
-training (:data:`PASTE_TRAINING` epochs), and needs objects to paste: foreground classes made of components that
-leave most of the image background (under :data:`PASTE_MAX_FOREGROUND` of the pixels). Measured on the zoo's
-``objects`` fold 0 (bench/RECIPE.md): 0.472 -> 0.531 val mIoU at 40 epochs, but 0.205 -> 0.173 at 20.
+training (:data:`PASTE_TRAINING` epochs and :data:`PASTE_STEPS` optimiser steps), and needs objects to paste:
+foreground classes made of components that leave most of the image background (under :data:`PASTE_MAX_FOREGROUND` of
+the pixels). Measured on the zoo's ``objects`` fold 0 at batch 14 (bench/RECIPE.md): 0.472 -> 0.531 val mIoU at 40
+epochs (2080 steps), but 0.205 -> 0.173 at 20 (1040 steps).
 
 Scale and colour jitter keep every label valid in photographs whatever their content; they pay off only once the
 model trains long enough to overfit its images, so they are added when the plan's round-1 training is at least
@@ -35,7 +36,8 @@ CANDIDATES: dict[str, list[dict[str, Any]]] = {
 }
 GEOMETRIC = ("hflip", "vflip", "rot90")
 LONG_TRAINING = 20  # round-1 epochs from which scale and colour jitter are added
-PASTE_TRAINING = 30  # round-1 epochs from which copy-paste is added
+PASTE_TRAINING = 30  # round-1 epochs from which copy-paste is added ...
+PASTE_STEPS = 1500  # ... and round-1 optimiser steps (it hurt at 1040, helped at 2080)
 PASTE_SHARE = 0.5  # the share of training samples that get another sample's objects pasted over them
 PASTE_MAX_FOREGROUND = 0.5  # copy-paste only where objects leave most of the image background
 
@@ -66,8 +68,9 @@ def choose_augmentations(fp: Fingerprint, input_size: Sequence[int], epochs: int
     return augs, "; ".join([why, *off])
 
 
-def choose_paste(fp: Fingerprint, epochs: int) -> tuple[float, str]:
-    """``recipe.paste`` for ``epochs`` round-1 epochs on data with fingerprint ``fp``, and why."""
+def choose_paste(fp: Fingerprint, epochs: int, steps: int) -> tuple[float, str]:
+    """``recipe.paste`` for ``epochs`` round-1 epochs of ``steps`` optimiser steps in all on data with fingerprint
+    ``fp``, and why."""
     components = sum(c.components for c in fp.foreground)
     if components == 0 or fp.foreground_share >= PASTE_MAX_FOREGROUND:
         return 0.0, (
@@ -76,7 +79,10 @@ def choose_paste(fp: Fingerprint, epochs: int) -> tuple[float, str]:
         )
     if epochs < PASTE_TRAINING:
         return 0.0, f"off: {epochs} epochs, under {PASTE_TRAINING} (a regulariser: it costs a short training)"
+    if steps < PASTE_STEPS:
+        return 0.0, f"off: {steps} optimiser steps, under {PASTE_STEPS} (a regulariser: it costs a short training)"
     return PASTE_SHARE, (
         f"{PASTE_SHARE:g} of samples get another image's objects pasted ({components} objects on "
-        f"{100 * (1 - fp.foreground_share):.0f}% background, {epochs} epochs >= {PASTE_TRAINING})"
+        f"{100 * (1 - fp.foreground_share):.0f}% background, {epochs} epochs >= {PASTE_TRAINING}, {steps} steps >= "
+        f"{PASTE_STEPS})"
     )

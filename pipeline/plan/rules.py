@@ -161,6 +161,11 @@ MIN_SCALE = 0.5  # a budget resize keeps at least half of each side
 MIN_WIDTH = 4.0  # px: the typical object's thickness (fingerprint ``width``: ~4 for a 3-px stroke) a resize keeps
 MIN_RESIZED_SIDE = 64  # px: a 5-stage encoder's bottleneck is 2 px a side there
 MIN_STEP_GAIN = 1.25  # the smaller input stands only if the probe finds it buys this many times the steps
+# Under this many round-1 steps at full size the width floor gives way (to the half-side and 64 px floors): the zoo's
+# `thin` (1-3 px vessels, 160x160) at 3 minutes on a 2-core box made 267 steps at full size and lost to the fixed
+# default's 64x84 resize at 25 epochs by 0.040 LB mIoU (bench/RESULTS.md, 2026-12-07); at 747 steps (a faster box)
+# the full size won by 0.007. A model that cannot leave the background plateau loses the thin structures anyway.
+WIDTH_FLOOR_STEPS = 500
 
 
 def object_width(fp: Fingerprint) -> float:
@@ -176,7 +181,8 @@ def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int
 
     A CPU step costs about its pixels, so a side scaled by ``s`` buys about ``1 / s**2`` the steps in the same time:
     ``s = sqrt(steps / TARGET_STEPS)``, but at least :data:`MIN_SCALE`, at least what keeps the typical object
-    :data:`MIN_WIDTH` px thick (thin structures stay whole) and the shorter side :data:`MIN_RESIZED_SIDE` px.
+    :data:`MIN_WIDTH` px thick (thin structures stay whole, unless the full size makes under
+    :data:`WIDTH_FLOOR_STEPS`) and the shorter side :data:`MIN_RESIZED_SIDE` px.
     Predictions are resized back to each image (the ``resize`` policy). ``None`` on a GPU, with enough steps, a batch
     the steps rule can still shrink, random crops or an existing resize, or when the scale would be above 0.9 (too
     little to gain).
@@ -188,12 +194,18 @@ def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int
     want = math.sqrt(max(steps, 1) / TARGET_STEPS)
     width = object_width(fp)
     h, w = geometry.input_size
-    by_width = MIN_WIDTH / width if width > 0 else 1.0
+    starved = steps < WIDTH_FLOOR_STEPS
+    by_width = MIN_WIDTH / width if width > 0 and not starved else 0.0
     floor = max(MIN_SCALE, by_width, MIN_RESIZED_SIDE / min(h, w))
     scale = max(want, floor)
     if scale > 0.9:
         return None
     size = (_round_up(int(h * scale), 8), _round_up(int(w * scale), 8))
+    gave_way = (
+        f"; under {WIDTH_FLOOR_STEPS} steps the floor keeping {width:.0f} px thick objects {MIN_WIDTH:g} px gives way"
+        if starved and width > 0 and MIN_WIDTH / width > floor
+        else ""
+    )
     bound = (
         "half a side"
         if floor == MIN_SCALE
@@ -204,7 +216,7 @@ def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int
     why = (
         f"{steps} optimiser steps per fold at batch {batch} and {h}x{w}, under the {TARGET_STEPS} a model from "
         f"scratch needs; a CPU step costs about its pixels: resized to {size[0]}x{size[1]} (scale {scale:.2f}, "
-        f"{'at the floor: ' + bound if scale == floor else 'floor ' + bound}), predictions resized back"
+        f"{'at the floor: ' + bound if scale == floor else 'floor ' + bound}{gave_way}), predictions resized back"
     )
     return Geometry(size, "resize", False, [Choice("input_size", list(size), why), Choice("resize", "resize", why)])
 
@@ -370,9 +382,9 @@ def choose_augment(fp: Fingerprint, input_size: Sequence[int], epochs: int) -> C
     return Choice("recipe.augment", augs, why)
 
 
-def choose_copy_paste(fp: Fingerprint, epochs: int) -> Choice:
+def choose_copy_paste(fp: Fingerprint, epochs: int, steps: int) -> Choice:
     """Copy-paste for long trainings on data made of objects on a background (:func:`.augment.choose_paste`)."""
-    share, why = choose_paste(fp, epochs)
+    share, why = choose_paste(fp, epochs, steps)
     return Choice("recipe.paste", share, why)
 
 

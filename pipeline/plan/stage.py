@@ -292,7 +292,7 @@ def resize(sized: Sized, folds: int, fp: Fingerprint, params: Params, target: Ta
         sized.probed, work, sized.costs, seconds, params, target.explicit, params.train.epochs, records
     )
     aug = rules.choose_augment(fp, cfg.input_size, epochs)
-    paste = rules.choose_copy_paste(fp, epochs)
+    paste = rules.choose_copy_paste(fp, epochs, epochs * work.steps(1))
     merged, late = merge_choices(to_dict(cfg), [aug, paste], target.explicit, target.src)
     cfg = from_dict(ModelConfig, merged, f"{target.src} planned on {base_src}")
     return dataclasses.replace(sized, cfg=cfg, records=records + late, work=work, epochs=epochs, fits=fits)

@@ -425,18 +425,26 @@ def test_augmentations_follow_the_masks_symmetry_and_the_training_length() -> No
 
 
 def test_copy_paste_is_planned_for_long_trainings_of_objects_on_a_background() -> None:
-    from pipeline.plan.augment import PASTE_SHARE, PASTE_TRAINING, choose_paste
+    from pipeline.plan.augment import PASTE_SHARE, PASTE_STEPS, PASTE_TRAINING, choose_paste
 
     # digits: 5 classes of 50 components each on 97% background; short, then long enough
-    assert choose_paste(DIGITS, PASTE_TRAINING - 1) == (
+    assert choose_paste(DIGITS, PASTE_TRAINING - 1, 9000) == (
         0.0,
         f"off: {PASTE_TRAINING - 1} epochs, under 30 (a regulariser: it costs a short training)",
     )
-    share, why = choose_paste(DIGITS, PASTE_TRAINING)
+    share, why = choose_paste(DIGITS, PASTE_TRAINING, 2080)
     assert share == PASTE_SHARE == 0.5 and why.startswith("0.5 of samples") and "250 objects on 97% background" in why
+    assert "30 epochs >= 30, 2080 steps >= 1500" in why
+    # enough epochs but few steps (the zoo's silhouette at 3 minutes: 36 epochs of 30 steps): off; objects' 1040
+    # steps at 20 epochs, where copy-paste cost 0.032 val mIoU (bench/RECIPE.md), would be off by either count
+    assert PASTE_STEPS == 1500
+    assert choose_paste(DIGITS, 36, 1080) == (
+        0.0,
+        "off: 1080 optimiser steps, under 1500 (a regulariser: it costs a short training)",
+    )
     # one horse covering 30% is still an object on a background; textures tiling 60% of the image are not
-    assert choose_paste(HORSES, 40)[0] == 0.5
-    share, why = choose_paste(dataclasses.replace(HORSES, foreground_share=0.6), 40)
+    assert choose_paste(HORSES, 40, 4000)[0] == 0.5
+    share, why = choose_paste(dataclasses.replace(HORSES, foreground_share=0.6), 40, 4000)
     assert share == 0.0 and "covering 60% of the pixels" in why
 
 
@@ -565,9 +573,11 @@ def _thick(fp: Fingerprint, width: float) -> Fingerprint:
         ((128, 160), 22.0, 200, 8, (64, 80)),  # far fewer steps: the floor, half a side
         ((96, 128), 8.0, 900, 8, (80, 104)),  # objects at 3 min: 0.775 -> 74x99 -> 80x104
         ((96, 128), 8.0, 300, 8, (64, 88)),  # the floor: the shorter side kept 64 px (0.667)
-        ((160, 160), 2.0, 300, 6, None),  # thin strokes: 4 px / 2 px would need a scale of 2, none
+        ((160, 160), 2.0, 700, 6, None),  # thin strokes: 4 px / 2 px would need a scale of 2, none
+        ((160, 160), 2.0, 300, 6, (80, 80)),  # ... unless under WIDTH_FLOOR_STEPS: then the half-side floor binds
         ((128, 160), 10.0, 300, 8, (64, 80)),  # 10 px thick stays 4 px down to 0.4: the half-side floor binds
-        ((128, 160), 6.0, 300, 8, (88, 112)),  # 6 px thick: 4 / 6 = 0.667 binds, 85x106 -> 88x112
+        ((128, 160), 6.0, 600, 8, (88, 112)),  # 6 px thick: 4 / 6 = 0.667 binds over 0.632, 85x106 -> 88x112
+        ((128, 160), 6.0, 300, 8, (64, 80)),  # ... under WIDTH_FLOOR_STEPS the width floor gives way: half a side
         ((128, 160), 22.0, 1400, 8, None),  # 0.966: too little to gain
         ((128, 160), 22.0, 1500, 8, None),  # enough steps
         ((128, 160), 22.0, 700, 14, None),  # the batch rule still has steps to give
@@ -587,6 +597,8 @@ def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_whole_images(
         assert scaled.resize == "resize" and not scaled.crops
         assert [c.key for c in scaled.choices] == ["input_size", "resize"]
         assert f"{steps} optimiser steps per fold at batch {batch} and {size[0]}x{size[1]}" in scaled.choices[0].why
+        gave_way = steps < rules.WIDTH_FLOOR_STEPS and rules.MIN_WIDTH / width > max(0.5, 64 / min(size))
+        assert ("gives way" in scaled.choices[0].why) == gave_way, scaled.choices[0].why
     assert rules.scale_for_steps(fp, g, "cuda", steps, batch) is None  # a GPU step is not bound by pixels this way
     crops = rules.choose_geometry(AERIAL, "cpu")
     assert crops.crops and rules.scale_for_steps(_thick(AERIAL, 20.0), crops, "cpu", 100, 2) is None
