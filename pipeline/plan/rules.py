@@ -65,8 +65,9 @@ def object_side(fp: Fingerprint) -> float:
 class Geometry:
     input_size: tuple[int, int]
     resize: str  # "pad" or "resize"
-    crops: bool  # random crops of larger images in training, sliding-window inference
+    crops: bool  # random crops in training: of larger images, with sliding-window inference unless ...
     choices: list[Choice]
+    whole_inference: bool = False  # ... the crops are of images the model can take whole (thin structures)
 
 
 def choose_geometry(fp: Fingerprint, device: str, multiple: int = 1) -> Geometry:
@@ -161,11 +162,6 @@ MIN_SCALE = 0.5  # a budget resize keeps at least half of each side
 MIN_WIDTH = 4.0  # px: the typical object's thickness (fingerprint ``width``: ~4 for a 3-px stroke) a resize keeps
 MIN_RESIZED_SIDE = 64  # px: a 5-stage encoder's bottleneck is 2 px a side there
 MIN_STEP_GAIN = 1.25  # the smaller input stands only if the probe finds it buys this many times the steps
-# Under this many round-1 steps at full size the width floor gives way (to the half-side and 64 px floors): the zoo's
-# `thin` (1-3 px vessels, 160x160) at 3 minutes on a 2-core box made 267 steps at full size and lost to the fixed
-# default's 64x84 resize at 25 epochs by 0.040 LB mIoU (bench/RESULTS.md, 2026-12-07); at 747 steps (a faster box)
-# the full size won by 0.007. A model that cannot leave the background plateau loses the thin structures anyway.
-WIDTH_FLOOR_STEPS = 500
 
 
 def object_width(fp: Fingerprint) -> float:
@@ -176,48 +172,46 @@ def object_width(fp: Fingerprint) -> float:
 
 
 def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int, batch: int) -> Geometry | None:
-    """Whole images resized smaller when a fold's round 1 still makes fewer than :data:`TARGET_STEPS` optimiser
-    steps on a CPU at the smallest batch (:func:`batch_for_steps` has nothing left to give).
+    """Smaller inputs when a fold's round 1 still makes fewer than :data:`TARGET_STEPS` optimiser steps on a CPU at
+    the smallest batch (:func:`batch_for_steps` has nothing left to give): whole images resized, or, for thin
+    structures, random crops at full resolution.
 
     A CPU step costs about its pixels, so a side scaled by ``s`` buys about ``1 / s**2`` the steps in the same time:
-    ``s = sqrt(steps / TARGET_STEPS)``, but at least :data:`MIN_SCALE`, at least what keeps the typical object
-    :data:`MIN_WIDTH` px thick (thin structures stay whole, unless the full size makes under
-    :data:`WIDTH_FLOOR_STEPS`) and the shorter side :data:`MIN_RESIZED_SIDE` px.
-    Predictions are resized back to each image (the ``resize`` policy). ``None`` on a GPU, with enough steps, a batch
-    the steps rule can still shrink, random crops or an existing resize, or when the scale would be above 0.9 (too
-    little to gain).
+    ``s = sqrt(steps / TARGET_STEPS)``, but at least :data:`MIN_SCALE` and the shorter side at least
+    :data:`MIN_RESIZED_SIDE` px. Where that resize would leave the typical object under :data:`MIN_WIDTH` px thick,
+    the model trains instead on random crops of that size at full resolution (one per image and epoch) and predicts
+    whole images (it is fully convolutional): on the zoo's `thin` (1-3 px, 160x160) at 3 minutes on a 2-core box the
+    fixed default's 64x84 crops scored 0.542 / 0.496 / 0.504 LB mIoU over seeds 0-2, the plan's 80x80 resize of
+    the same steps 0.491 / 0.461 / 0.500 and its full size (212 steps) 0.502 (bench/RESULTS.md, 2026-12-07).
+    Resized predictions go back to each image's size (the ``resize`` policy). ``None`` on a GPU, with enough steps,
+    a batch the steps rule can still shrink, random crops or an existing resize, or when the scale would be above
+    0.9 (too little to gain).
     """
     if device != "cpu" or steps >= TARGET_STEPS or batch > MIN_CPU_BATCH or geometry.crops:
         return None
     if geometry.resize != "pad":
         return None
-    want = math.sqrt(max(steps, 1) / TARGET_STEPS)
-    width = object_width(fp)
     h, w = geometry.input_size
-    starved = steps < WIDTH_FLOOR_STEPS
-    by_width = MIN_WIDTH / width if width > 0 and not starved else 0.0
-    floor = max(MIN_SCALE, by_width, MIN_RESIZED_SIDE / min(h, w))
-    scale = max(want, floor)
+    floor = max(MIN_SCALE, MIN_RESIZED_SIDE / min(h, w))
+    scale = max(math.sqrt(max(steps, 1) / TARGET_STEPS), floor)
     if scale > 0.9:
         return None
     size = (_round_up(int(h * scale), 8), _round_up(int(w * scale), 8))
-    gave_way = (
-        f"; under {WIDTH_FLOOR_STEPS} steps the floor keeping {width:.0f} px thick objects {MIN_WIDTH:g} px gives way"
-        if starved and width > 0 and MIN_WIDTH / width > floor
-        else ""
-    )
-    bound = (
-        "half a side"
-        if floor == MIN_SCALE
-        else f"objects {width:.0f} px thick kept {MIN_WIDTH:g} px"
-        if floor == by_width
-        else f"the shorter side kept {MIN_RESIZED_SIDE} px"
-    )
+    bound = "half a side" if floor == MIN_SCALE else f"the shorter side kept {MIN_RESIZED_SIDE} px"
     why = (
         f"{steps} optimiser steps per fold at batch {batch} and {h}x{w}, under the {TARGET_STEPS} a model from "
-        f"scratch needs; a CPU step costs about its pixels: resized to {size[0]}x{size[1]} (scale {scale:.2f}, "
-        f"{'at the floor: ' + bound if scale == floor else 'floor ' + bound}{gave_way}), predictions resized back"
+        f"scratch needs; a CPU step costs about its pixels: scale {scale:.2f} "
+        f"({'at the floor: ' + bound if scale == floor else 'floor ' + bound}), {size[0]}x{size[1]}"
     )
+    width = object_width(fp)
+    if width > 0 and width * scale < MIN_WIDTH:
+        why += (
+            f": random crops of that size at full resolution (a resize would leave objects {width:.0f} px thick "
+            f"under {MIN_WIDTH:g} px), whole images at inference"
+        )
+        choices = [Choice("input_size", list(size), why), Choice("resize", "pad", why)]
+        return Geometry(size, "pad", True, choices, whole_inference=True)
+    why += ": whole images resized, predictions resized back"
     return Geometry(size, "resize", False, [Choice("input_size", list(size), why), Choice("resize", "resize", why)])
 
 
@@ -324,7 +318,10 @@ def choose_sampling(fp: Fingerprint, geometry: Geometry, n_fit: int, batch: int,
     (nnU-Net's third, when crops of sparse images or rare classes would rarely show a class)."""
     out = []
     if "samples_per_epoch" in recipe_keys:
-        if geometry.crops:
+        if geometry.whole_inference:
+            why = "random crops of whole images that fit the model: an epoch is one crop of each file"
+            out.append(Choice("recipe.samples_per_epoch", None, why))
+        elif geometry.crops:
             ch, cw = geometry.input_size
             per_image = max(1, round(fp.height.median * fp.width.median / (ch * cw)))
             samples = max(4 * batch, n_fit * per_image) // batch * batch
@@ -350,6 +347,13 @@ def choose_sampling(fp: Fingerprint, geometry: Geometry, n_fit: int, batch: int,
 def choose_tta(geometry: Geometry) -> list[Choice]:
     """TTA candidates for the OOF check (``infer.tta: auto`` keeps only those that raise OOF mIoU) and sliding."""
     flips = Choice("infer.tta_flips", ["hflip", "vflip"], "candidates only: the OOF check keeps a flip that helps")
+    if geometry.whole_inference:
+        why = "trained on crops of images the model takes whole: whole images at inference (it is fully convolutional)"
+        return [
+            flips,
+            Choice("infer.tta_scales", [0.75, 1.25], "candidates only: the OOF check keeps a scale that helps"),
+            Choice("infer.sliding", False, why),
+        ]
     if geometry.crops:
         return [
             flips,

@@ -569,39 +569,47 @@ def _thick(fp: Fingerprint, width: float) -> Fingerprint:
 @pytest.mark.parametrize(
     ("size", "width", "steps", "batch", "expected"),
     [
-        ((128, 160), 22.0, 700, 8, (88, 112)),  # textures at 3 min: sqrt(700/1500) = 0.683 -> 87x109, up to 8s
-        ((128, 160), 22.0, 200, 8, (64, 80)),  # far fewer steps: the floor, half a side
-        ((96, 128), 8.0, 900, 8, (80, 104)),  # objects at 3 min: 0.775 -> 74x99 -> 80x104
-        ((96, 128), 8.0, 300, 8, (64, 88)),  # the floor: the shorter side kept 64 px (0.667)
-        ((160, 160), 2.0, 700, 6, None),  # thin strokes: 4 px / 2 px would need a scale of 2, none
-        ((160, 160), 2.0, 300, 6, (80, 80)),  # ... unless under WIDTH_FLOOR_STEPS: then the half-side floor binds
-        ((128, 160), 10.0, 300, 8, (64, 80)),  # 10 px thick stays 4 px down to 0.4: the half-side floor binds
-        ((128, 160), 6.0, 600, 8, (88, 112)),  # 6 px thick: 4 / 6 = 0.667 binds over 0.632, 85x106 -> 88x112
-        ((128, 160), 6.0, 300, 8, (64, 80)),  # ... under WIDTH_FLOOR_STEPS the width floor gives way: half a side
+        ((128, 160), 22.0, 700, 8, ((88, 112), "resize")),  # textures at 3 min: sqrt(700/1500) = 0.683 -> 87x109
+        ((128, 160), 22.0, 200, 8, ((64, 80), "resize")),  # far fewer steps: the floor, half a side
+        ((96, 128), 8.0, 900, 8, ((80, 104), "resize")),  # objects at 3 min: 0.775 -> 74x99 -> 80x104
+        ((96, 128), 8.0, 300, 8, ((64, 88), "resize")),  # the floor: the shorter side kept 64 px (0.667)
+        ((160, 160), 2.0, 700, 6, ((112, 112), "crops")),  # thin strokes: 2 px x 0.683 is under 4: crops instead
+        ((160, 160), 2.0, 300, 6, ((80, 80), "crops")),  # thin at 3 min: half a side, 80x80 crops
+        ((128, 160), 10.0, 300, 8, ((64, 80), "resize")),  # 10 px thick at 0.5 is 5 px: resized
+        ((128, 160), 8.0, 300, 8, ((64, 80), "resize")),  # 8 px at 0.5 is 4 px, not under: resized
+        ((128, 160), 6.0, 600, 8, ((80, 104), "crops")),  # 6 px at 0.632 is 3.8 px: crops
+        ((128, 160), 0.0, 300, 8, ((64, 80), "resize")),  # no widths measured (no components): resized
         ((128, 160), 22.0, 1400, 8, None),  # 0.966: too little to gain
         ((128, 160), 22.0, 1500, 8, None),  # enough steps
         ((128, 160), 22.0, 700, 14, None),  # the batch rule still has steps to give
         ((64, 84), 8.0, 300, 8, None),  # the embedded digits: already at the 64 px floor
     ],
 )
-def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_whole_images(
-    size: tuple[int, int], width: float, steps: int, batch: int, expected: tuple[int, int] | None
+def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_inputs(
+    size: tuple[int, int], width: float, steps: int, batch: int, expected: tuple[tuple[int, int], str] | None
 ) -> None:
     fp = _thick(_fp(*size, 700, [0.1, 0.1], [0.9, 0.9], 30.0), width)
     g = rules.choose_geometry(fp, "cpu")
     assert tuple(g.input_size) == size and g.resize == "pad"
     scaled = rules.scale_for_steps(fp, g, "cpu", steps, batch)
-    got = None if scaled is None else tuple(scaled.input_size)
+    got = None if scaled is None else (tuple(scaled.input_size), "crops" if scaled.crops else scaled.resize)
     assert got == expected
     if scaled is not None:
-        assert scaled.resize == "resize" and not scaled.crops
+        why = scaled.choices[0].why
         assert [c.key for c in scaled.choices] == ["input_size", "resize"]
-        assert f"{steps} optimiser steps per fold at batch {batch} and {size[0]}x{size[1]}" in scaled.choices[0].why
-        gave_way = steps < rules.WIDTH_FLOOR_STEPS and rules.MIN_WIDTH / width > max(0.5, 64 / min(size))
-        assert ("gives way" in scaled.choices[0].why) == gave_way, scaled.choices[0].why
+        assert f"{steps} optimiser steps per fold at batch {batch} and {size[0]}x{size[1]}" in why
+        if scaled.crops:  # thin structures: full-resolution crops in training, whole images (no tiles) at inference
+            assert scaled.resize == "pad" and scaled.whole_inference and "random crops of that size" in why
+            tta = {c.key: c.value for c in rules.choose_tta(scaled)}
+            assert tta["infer.sliding"] is False and tta["infer.tta_scales"] == [0.75, 1.25]
+            sampling = rules.choose_sampling(fp, scaled, 560, batch, {"samples_per_epoch", "foreground_share"})
+            assert sampling[0].value is None and "one crop of each file" in sampling[0].why
+        else:
+            assert scaled.resize == "resize" and not scaled.whole_inference and "whole images resized" in why
     assert rules.scale_for_steps(fp, g, "cuda", steps, batch) is None  # a GPU step is not bound by pixels this way
     crops = rules.choose_geometry(AERIAL, "cpu")
     assert crops.crops and rules.scale_for_steps(_thick(AERIAL, 20.0), crops, "cpu", 100, 2) is None
+    assert not crops.whole_inference and {c.key: c.value for c in rules.choose_tta(crops)}["infer.sliding"] is True
 
 
 def test_object_width_is_the_median_class_thickness_and_widths_are_measured_from_masks() -> None:
@@ -619,7 +627,7 @@ def test_object_width_is_the_median_class_thickness_and_widths_are_measured_from
     d = np.sqrt(((inside[:, None, :] - np.stack([ys, xs], 1)[None]) ** 2).sum(-1)).min(1)
     assert sorted({2 * float(v) for v in d}) == [2.0, 4.0]
     assert rules.object_width(_thick(RARE, 6.0)) == 6.0
-    assert rules.object_width(RARE) == 0.0  # no widths measured: the resize rule keeps the full size (floor 1)
+    assert rules.object_width(RARE) == 0.0  # no widths measured: the steps rule resizes (no width to keep)
 
 
 @pytest.mark.slow
