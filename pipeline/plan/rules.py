@@ -180,9 +180,10 @@ def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int
     ``s = sqrt(steps / TARGET_STEPS)``, but at least :data:`MIN_SCALE` and the shorter side at least
     :data:`MIN_RESIZED_SIDE` px. Where that resize would leave the typical object under :data:`MIN_WIDTH` px thick,
     the model trains instead on random crops of that size at full resolution (one per image and epoch) and predicts
-    whole images (it is fully convolutional): on the zoo's `thin` (1-3 px, 160x160) at 3 minutes on a 2-core box the
-    fixed default's 64x84 crops scored 0.542 / 0.496 / 0.504 LB mIoU over seeds 0-2, the plan's 80x80 resize of
-    the same steps 0.491 / 0.461 / 0.500 and its full size (212 steps) 0.502 (bench/RESULTS.md, 2026-12-07).
+    whole images (it is fully convolutional): on the zoo's `thin` (1-3 px, 160x160) at 3 minutes on a 2-core box,
+    LB mIoU over seeds 0-2, the plan's 80x80 crops scored 0.579 / 0.547 / 0.573, its 80x80 resize 0.491 / 0.461 /
+    0.500, its full size (212 steps, seed 0) 0.502, and the fixed default's 64x84 crops 0.542 / 0.504 / 0.512
+    (bench/RESULTS.md, 2026-12-07).
     Resized predictions go back to each image's size (the ``resize`` policy). ``None`` on a GPU, with enough steps,
     a batch the steps rule can still shrink, random crops or an existing resize, or when the scale would be above
     0.9 (too little to gain).
@@ -347,14 +348,7 @@ def choose_sampling(fp: Fingerprint, geometry: Geometry, n_fit: int, batch: int,
 def choose_tta(geometry: Geometry) -> list[Choice]:
     """TTA candidates for the OOF check (``infer.tta: auto`` keeps only those that raise OOF mIoU) and sliding."""
     flips = Choice("infer.tta_flips", ["hflip", "vflip"], "candidates only: the OOF check keeps a flip that helps")
-    if geometry.whole_inference:
-        why = "trained on crops of images the model takes whole: whole images at inference (it is fully convolutional)"
-        return [
-            flips,
-            Choice("infer.tta_scales", [0.75, 1.25], "candidates only: the OOF check keeps a scale that helps"),
-            Choice("infer.sliding", False, why),
-        ]
-    if geometry.crops:
+    if geometry.crops and not geometry.whole_inference:
         return [
             flips,
             Choice("infer.tta_scales", [], "sliding-window inference: a scale would cost another pass over every tile"),
@@ -363,7 +357,13 @@ def choose_tta(geometry: Geometry) -> list[Choice]:
     return [
         flips,
         Choice("infer.tta_scales", [0.75, 1.25], "candidates only: the OOF check keeps a scale that helps"),
-        Choice("infer.sliding", False, "the model sees whole images in training: whole images at inference"),
+        Choice(
+            "infer.sliding",
+            False,
+            "trained on crops of images the model takes whole: whole images at inference (it is fully convolutional)"
+            if geometry.whole_inference
+            else "the model sees whole images in training: whole images at inference",
+        ),
     ]
 
 
