@@ -69,9 +69,7 @@ class ClassStats:
     """One class: its share of the labelled pixels, the share of images holding it, its objects' sizes.
 
     ``area`` and ``side`` (square root of the area, a length to compare with a crop's side) are over the 4-connected
-    components of the class in the sampled masks; ``components`` counts them. ``width`` is each component's
-    thickness: the diameter of the widest disc inside it (twice its largest Euclidean distance to a pixel outside the
-    class), so a stroke 3 px wide is about 4 and a filled disc its diameter: what a resize must not thin away.
+    components of the class in the sampled masks; ``components`` counts them.
     """
 
     index: int
@@ -82,7 +80,6 @@ class ClassStats:
     area: Spread
     area_p10: float
     side: Spread
-    width: Spread = Spread(0.0, 0.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +105,8 @@ class Fingerprint:
     read_seconds: float  # mean seconds to read one image and its mask (what preloading a fold costs)
     # flip or quarter turn -> why the sampled masks are not closed under it (pipeline.plan.symmetry); absent: closed
     handedness: dict[str, str] = dataclasses.field(default_factory=dict)
+    # share of the sampled foreground pixels on a boundary (:func:`boundary_share`): how much a resize would blur
+    boundary_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -133,20 +132,28 @@ def class_components(
                 yield c, inside, labels, n
 
 
-def component_widths(masks: Iterable[np.ndarray], num_classes: int) -> dict[int, list[float]]:
-    """Thickness of each 4-connected component of each foreground class (1..num_classes-1): twice the largest
-    Euclidean distance from one of its pixels to the nearest pixel not of the class (the image border counts as
-    outside). ``{class: [width, ...]}``, empty lists for classes never present.
+def boundary_share(masks: Iterable[np.ndarray]) -> float:
+    """The share of foreground pixels (not background 0, not ignore 255) that have a 4-neighbour of another label
+    (background, another class or ignore; the image border is no neighbour), pooled over ``masks``: 0 when there is
+    no foreground. A resize by ``s`` scales an object's outline by ``s`` and its area by ``s**2``, so the share of
+    its pixels on the outline, the ones a resize blurs, grows about as ``1 / s``.
 
-    >>> m = np.zeros((9, 12), np.uint8); m[1:8, 1:8] = 1; m[2, 9:12] = 2  # a 7x7 square and a 1-px line
-    >>> {c: w for c, w in component_widths([m], 3).items()}
-    {1: [8.0], 2: [2.0]}
+    >>> m = np.zeros((6, 8), np.uint8); m[1:5, 1:5] = 1; m[1:5, 6] = 2  # a 4x4 square and a 1-px line
+    >>> boundary_share([m])  # the square's 12 outline pixels of 16 and all 4 of the line's: 16 of 20
+    0.8
     """
-    widths: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
-    for c, inside, labels, n in class_components(masks, num_classes):
-        edt = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]  # padded: the border is outside
-        widths[c].extend(2.0 * float(d) for d in ndimage.maximum(edt, labels, np.arange(1, n + 1)))
-    return widths
+    edge = fg = 0
+    for m in masks:
+        inside = (m != 0) & (m != IGNORE_INDEX)
+        differs = np.zeros(m.shape, bool)
+        vertical, horizontal = m[1:] != m[:-1], m[:, 1:] != m[:, :-1]
+        differs[1:] |= vertical
+        differs[:-1] |= vertical
+        differs[:, 1:] |= horizontal
+        differs[:, :-1] |= horizontal
+        edge += int((differs & inside).sum())
+        fg += int(inside.sum())
+    return edge / fg if fg else 0.0
 
 
 def component_areas(masks: Iterable[np.ndarray], num_classes: int) -> dict[int, list[int]]:
@@ -185,10 +192,8 @@ def class_stats(
     classes: Sequence[dict[str, Any]],
     summary: dict[str, Any],
     areas: dict[int, list[int]],
-    widths: dict[int, list[float]] | None = None,
 ) -> list[ClassStats]:
-    """Per-class shares from the masks stage's summary (all images) and object sizes from ``areas`` and ``widths``
-    (the sample)."""
+    """Per-class shares from the masks stage's summary (all images) and object sizes from ``areas`` (the sample)."""
     pixels = {c["index"]: c["pixels"] for c in summary["classes"]}
     present = {c["index"]: c["images"] for c in summary["classes"]}
     labelled = max(1, sum(pixels.values()))
@@ -207,7 +212,6 @@ def class_stats(
                 area=Spread.of(a),
                 area_p10=float(np.percentile(a, 10)) if a.size else 0.0,
                 side=Spread.of(np.sqrt(a)),
-                width=Spread.of((widths or {}).get(i, [])),
             )
         )
     return out
@@ -254,7 +258,7 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
     del pictures
     areas = component_areas(masks, len(classes))
     handedness = chiral_reasons(masks, list(SYMMETRY_COLUMN))
-    stats = class_stats(classes, summary, areas, component_widths(masks, len(classes)))
+    stats = class_stats(classes, summary, areas)
 
     sizes = list(zip(index["height"].astype(int), index["width"].astype(int)))
     counts: dict[tuple[int, int], int] = {}
@@ -285,4 +289,5 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
         sample=len(rows),
         read_seconds=read_seconds,
         handedness=handedness,
+        boundary_share=boundary_share(masks),
     )

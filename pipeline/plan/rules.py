@@ -159,31 +159,30 @@ def batch_for_steps(device: str, steps: int, batch: int) -> Choice | None:
 
 
 MIN_SCALE = 0.5  # a budget resize keeps at least half of each side
-MIN_WIDTH = 4.0  # px: the typical object's thickness (fingerprint ``width``: ~4 for a 3-px stroke) a resize keeps
 MIN_RESIZED_SIDE = 64  # px: a 5-stage encoder's bottleneck is 2 px a side there
 MIN_STEP_GAIN = 1.25  # the smaller input stands only if the probe finds it buys this many times the steps
-
-
-def object_width(fp: Fingerprint) -> float:
-    """The typical object's thickness in pixels: the median over foreground classes of their median component
-    width (0 when no class has components)."""
-    widths = [c.width.median for c in fp.foreground if c.components and c.width.median > 0]
-    return float(sorted(widths)[len(widths) // 2]) if widths else 0.0
+# A resize by s that would put this share of the foreground pixels on an outline (fingerprint boundary_share / s)
+# blurs too much of it: crops at full resolution instead. Between the zoo's measured sides, 0.19 / 0.21 / 0.36
+# (scenes, textures, manyclass: the resize won) and 0.47 / 1.5 (silhouette, thin: crops won); a narrow margin, from
+# six competitions at one budget (bench/RESULTS.md, 2026-12-07).
+MAX_RESIZED_BOUNDARY = 0.4
 
 
 def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int, batch: int) -> Geometry | None:
     """Smaller inputs when a fold's round 1 still makes fewer than :data:`TARGET_STEPS` optimiser steps on a CPU at
-    the smallest batch (:func:`batch_for_steps` has nothing left to give): whole images resized, or, for thin
-    structures, random crops at full resolution.
+    the smallest batch (:func:`batch_for_steps` has nothing left to give): whole images resized, or, where a resize
+    would blur too much of the objects' outlines, random crops at full resolution.
 
     A CPU step costs about its pixels, so a side scaled by ``s`` buys about ``1 / s**2`` the steps in the same time:
     ``s = sqrt(steps / TARGET_STEPS)``, but at least :data:`MIN_SCALE` and the shorter side at least
-    :data:`MIN_RESIZED_SIDE` px. Where that resize would leave the typical object under :data:`MIN_WIDTH` px thick,
-    the model trains instead on random crops of that size at full resolution (one per image and epoch) and predicts
-    whole images (it is fully convolutional): on the zoo's `thin` (1-3 px, 160x160) at 3 minutes on a 2-core box,
-    LB mIoU over seeds 0-2, the plan's 80x80 crops scored 0.579 / 0.547 / 0.573, its 80x80 resize 0.491 / 0.461 /
-    0.500, its full size (212 steps, seed 0) 0.502, and the fixed default's 64x84 crops 0.542 / 0.504 / 0.512
-    (bench/RESULTS.md, 2026-12-07).
+    :data:`MIN_RESIZED_SIDE` px. A resize keeps every object in each step but shrinks it: the share of its pixels
+    on an outline grows as ``1 / s`` (:func:`pipeline.plan.fingerprint.boundary_share`). Where that share would reach
+    :data:`MAX_RESIZED_BOUNDARY`, the model trains instead on random crops of that size at full resolution (one per
+    image and epoch) and predicts whole images (it is fully convolutional): it sees fewer objects a step, each
+    sharp. Measured on the zoo at 3 minutes on a 2-core box, LB mIoU over seeds 0-2, crops - resize (paired):
+    thin (1-3 px strokes, share 0.77 -> 1.5) +0.083, silhouette (a horse's legs and tail, 0.25 -> 0.47) +0.036,
+    objects (0.32 -> 0.49, still on its background plateau) -0.005, manyclass (0.18 -> 0.36, two seeds) -0.011,
+    textures (0.105 -> 0.21) -0.018, scenes (0.096 -> 0.19) -0.033 (bench/RESULTS.md, 2026-12-07).
     Resized predictions go back to each image's size (the ``resize`` policy). ``None`` on a GPU, with enough steps,
     a batch the steps rule can still shrink, random crops or an existing resize, or when the scale would be above
     0.9 (too little to gain).
@@ -204,15 +203,18 @@ def scale_for_steps(fp: Fingerprint, geometry: Geometry, device: str, steps: int
         f"scratch needs; a CPU step costs about its pixels: scale {scale:.2f} "
         f"({'at the floor: ' + bound if scale == floor else 'floor ' + bound}), {size[0]}x{size[1]}"
     )
-    width = object_width(fp)
-    if width > 0 and width * scale < MIN_WIDTH:
+    blurred = fp.boundary_share / scale
+    outline = (
+        f"{100 * fp.boundary_share:.0f}% of the foreground pixels on an outline, {100 * blurred:.0f}% once resized"
+    )
+    if blurred >= MAX_RESIZED_BOUNDARY:
         why += (
-            f": random crops of that size at full resolution (a resize would leave objects {width:.0f} px thick "
-            f"under {MIN_WIDTH:g} px), whole images at inference"
+            f": random crops of that size at full resolution ({outline}, at least "
+            f"{100 * MAX_RESIZED_BOUNDARY:.0f}%), whole images at inference"
         )
         choices = [Choice("input_size", list(size), why), Choice("resize", "pad", why)]
         return Geometry(size, "pad", True, choices, whole_inference=True)
-    why += ": whole images resized, predictions resized back"
+    why += f": whole images resized, predictions resized back ({outline}, under {100 * MAX_RESIZED_BOUNDARY:.0f}%)"
     return Geometry(size, "resize", False, [Choice("input_size", list(size), why), Choice("resize", "resize", why)])
 
 

@@ -165,6 +165,11 @@ class Sized:
     probed: ModelConfig  # the config as probed, before epochs and augmentations (what a re-sizing starts from)
     probe_records: list[dict[str, Any]]
 
+    @property
+    def steps(self) -> int:
+        """Round 1's optimiser steps per fold."""
+        return self.epochs * self.work.steps(1)
+
 
 def size_epochs(
     cfg: ModelConfig,
@@ -304,7 +309,7 @@ def fold_count(sized: Sized, fp: Fingerprint, params: Params, target: Target) ->
     steps = {}
     for n in range(1, most + 1):
         s = resize(sized, n, fp, params, target)
-        steps[n] = s.epochs * s.work.steps(1)
+        steps[n] = s.steps
     return rules.folds_for_steps(steps, params.plan.fold_steps)
 
 
@@ -380,21 +385,20 @@ def steps_rules(sized: Sized, explicit: dict[str, Any], device: str, fp: Fingerp
     :func:`pipeline.plan.rules.keep_smaller_batch`), then, at the smallest batch, smaller whole images
     (:func:`pipeline.plan.rules.scale_for_steps`, kept by :func:`pipeline.plan.rules.keep_smaller_input`). An
     explicit batch, input size or size policy turns its rule off."""
-    steps = lambda s: s.epochs * s.work.steps(1)  # noqa: E731 - round 1's optimiser steps per fold
     if "recipe.batch_size" not in explicit:
-        smaller = rules.batch_for_steps(device, steps(sized), sized.work.batch_size)
+        smaller = rules.batch_for_steps(device, sized.steps, sized.work.batch_size)
         if smaller is not None:
             second = again(Second(batch=smaller))
             keep, why = rules.keep_smaller_batch(sized.epochs, sized.timing, second.epochs, second.timing)
             sized = second if keep else with_note(sized, "recipe.batch_size", why)
     if "input_size" in explicit or "resize" in explicit:
         return sized
-    scaled = rules.scale_for_steps(fp, sized.geometry, device, steps(sized), sized.work.batch_size)
+    scaled = rules.scale_for_steps(fp, sized.geometry, device, sized.steps, sized.work.batch_size)
     if scaled is None:
         return sized
     kept = next(r for r in sized.records if r["key"] == "recipe.batch_size")
     second = again(Second(batch=rules.Choice(kept["key"], kept["value"], kept["why"]), geometry=scaled))
-    keep, why = rules.keep_smaller_input(steps(sized), sized.timing, steps(second), second.timing)
+    keep, why = rules.keep_smaller_input(sized.steps, sized.timing, second.steps, second.timing)
     return second if keep else with_note(sized, "input_size", why)
 
 

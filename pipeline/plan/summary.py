@@ -6,6 +6,8 @@
 ...     "lr": 0.003, "foreground_share": 0.0, "samples_per_epoch": None, "class_weights": None, "augment": []}}}}}
 >>> plan_summary(plan)
 'auto=cnn_default 64x84 pad, batch 32, lr 0.003, epochs 5+2, from scratch; 20.0 of 21 min'
+>>> plan_summary({**plan, "fingerprint": {"modal_size": [160, 160]}}).split(",")[0]  # random crops of larger images
+'auto=cnn_default 64x84 crops of 160x160'
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def model_summary(name: str, entry: dict[str, Any], rounds: dict[str, Any]) -> str:
+def model_summary(name: str, entry: dict[str, Any], rounds: dict[str, Any], modal: list[int] | None = None) -> str:
+    """One model's line; ``modal``: the images' most common (H, W), to tell crops (``pad`` smaller than it) apart."""
     cfg = entry.get("config", {})
     rec = cfg.get("recipe", {})
     h, w = cfg.get("input_size", ["?", "?"])
-    parts = [f"{name}={entry.get('base', '?')} {h}x{w} {cfg.get('resize', '')}".rstrip()]
+    policy = cfg.get("resize", "")
+    if policy == "pad" and modal and isinstance(h, int) and (h < modal[0] or w < modal[1]):
+        policy = f"crops of {modal[0]}x{modal[1]}"
+    parts = [f"{name}={entry.get('base', '?')} {h}x{w} {policy}".rstrip()]
     parts.append(f"batch {rec.get('batch_size')}, lr {rec.get('lr'):g}" if rec.get("lr") else "")
     epochs = "+".join(str(r.get("epochs")) for _, r in sorted(rounds.items()))
     parts.append(f"epochs {epochs}" if epochs else "")
@@ -42,7 +48,9 @@ def plan_summary(plan: dict[str, Any]) -> str:
     budget = plan.get("budget", {})
     per_model = budget.get("per_model", {})
     models = [
-        model_summary(name, entry, per_model.get(name, {}).get("rounds", {}))
+        model_summary(
+            name, entry, per_model.get(name, {}).get("rounds", {}), plan.get("fingerprint", {}).get("modal_size")
+        )
         for name, entry in plan.get("models", {}).items()
     ]
     minutes = f"{budget.get('predicted_minutes')} of {budget.get('minutes'):g} min" if budget.get("minutes") else ""

@@ -560,35 +560,36 @@ def test_holding_the_budget_writes_the_planned_epochs_seconds() -> None:
     assert e == 5 and out.recipe.budget_seconds is None
 
 
-def _thick(fp: Fingerprint, width: float) -> Fingerprint:
-    """``fp`` with every foreground class's components ``width`` px thick (the fingerprint's ``width``)."""
-    classes = [c if c.index == 0 else dataclasses.replace(c, width=Spread(width, width, width)) for c in fp.classes]
-    return dataclasses.replace(fp, classes=classes)
+def _outlined(fp: Fingerprint, share: float) -> Fingerprint:
+    """``fp`` with ``share`` of its foreground pixels on an outline (the fingerprint's ``boundary_share``)."""
+    return dataclasses.replace(fp, boundary_share=share)
 
 
 @pytest.mark.parametrize(
-    ("size", "width", "steps", "batch", "expected"),
+    ("size", "share", "steps", "batch", "expected"),
     [
-        ((128, 160), 22.0, 700, 8, ((88, 112), "resize")),  # textures at 3 min: sqrt(700/1500) = 0.683 -> 87x109
-        ((128, 160), 22.0, 200, 8, ((64, 80), "resize")),  # far fewer steps: the floor, half a side
-        ((96, 128), 8.0, 900, 8, ((80, 104), "resize")),  # objects at 3 min: 0.775 -> 74x99 -> 80x104
-        ((96, 128), 8.0, 300, 8, ((64, 88), "resize")),  # the floor: the shorter side kept 64 px (0.667)
-        ((160, 160), 2.0, 700, 6, ((112, 112), "crops")),  # thin strokes: 2 px x 0.683 is under 4: crops instead
-        ((160, 160), 2.0, 300, 6, ((80, 80), "crops")),  # thin at 3 min: half a side, 80x80 crops
-        ((128, 160), 10.0, 300, 8, ((64, 80), "resize")),  # 10 px thick at 0.5 is 5 px: resized
-        ((128, 160), 8.0, 300, 8, ((64, 80), "resize")),  # 8 px at 0.5 is 4 px, not under: resized
-        ((128, 160), 6.0, 600, 8, ((80, 104), "crops")),  # 6 px at 0.632 is 3.8 px: crops
-        ((128, 160), 0.0, 300, 8, ((64, 80), "resize")),  # no widths measured (no components): resized
-        ((128, 160), 22.0, 1400, 8, None),  # 0.966: too little to gain
-        ((128, 160), 22.0, 1500, 8, None),  # enough steps
-        ((128, 160), 22.0, 700, 14, None),  # the batch rule still has steps to give
-        ((64, 84), 8.0, 300, 8, None),  # the embedded digits: already at the 64 px floor
+        ((128, 160), 0.105, 700, 8, ((88, 112), "resize")),  # textures: sqrt(700/1500) = 0.683 -> 87x109; 0.15 blurred
+        ((128, 160), 0.105, 200, 8, ((64, 80), "resize")),  # far fewer steps: the floor, half a side; 0.21 blurred
+        ((256, 256), 0.096, 128, 8, ((128, 128), "resize")),  # scenes at 3 min: 0.19 blurred
+        ((120, 160), 0.249, 300, 8, ((64, 88), "crops")),  # silhouette at 3 min: 0.533 (64 px floor) -> 0.47 blurred
+        ((120, 160), 0.249, 1100, 8, ((104, 144), "resize")),  # sqrt(1100/1500) = 0.856: 0.29 blurred, resized
+        ((96, 128), 0.324, 270, 8, ((64, 88), "crops")),  # objects at 3 min: 0.667 (64 px floor) -> 0.49 blurred
+        ((160, 160), 0.772, 700, 6, ((112, 112), "crops")),  # thin strokes: crops at any scale
+        ((160, 160), 0.772, 300, 6, ((80, 80), "crops")),  # thin at 3 min: half a side, 80x80 crops
+        ((128, 128), 0.18, 100, 8, ((64, 64), "resize")),  # manyclass at 3 min: 0.36 blurred, resized
+        ((128, 160), 0.2, 300, 8, ((64, 80), "crops")),  # 0.2 / 0.5 = 0.40: at the bound, crops
+        ((128, 160), 0.19, 300, 8, ((64, 80), "resize")),  # 0.38: resized
+        ((128, 160), 0.0, 300, 8, ((64, 80), "resize")),  # no foreground measured: resized
+        ((128, 160), 0.105, 1400, 8, None),  # 0.966: too little to gain
+        ((128, 160), 0.105, 1500, 8, None),  # enough steps
+        ((128, 160), 0.105, 700, 14, None),  # the batch rule still has steps to give
+        ((64, 84), 0.3, 300, 8, None),  # the embedded digits: already at the 64 px floor
     ],
 )
 def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_inputs(
-    size: tuple[int, int], width: float, steps: int, batch: int, expected: tuple[tuple[int, int], str] | None
+    size: tuple[int, int], share: float, steps: int, batch: int, expected: tuple[tuple[int, int], str] | None
 ) -> None:
-    fp = _thick(_fp(*size, 700, [0.1, 0.1], [0.9, 0.9], 30.0), width)
+    fp = _outlined(_fp(*size, 700, [0.1, 0.1], [0.9, 0.9], 30.0), share)
     g = rules.choose_geometry(fp, "cpu")
     assert tuple(g.input_size) == size and g.resize == "pad"
     scaled = rules.scale_for_steps(fp, g, "cpu", steps, batch)
@@ -598,7 +599,8 @@ def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_inputs(
         why = scaled.choices[0].why
         assert [c.key for c in scaled.choices] == ["input_size", "resize"]
         assert f"{steps} optimiser steps per fold at batch {batch} and {size[0]}x{size[1]}" in why
-        if scaled.crops:  # thin structures: full-resolution crops in training, whole images (no tiles) at inference
+        assert f"{100 * share:.0f}% of the foreground pixels on an outline" in why
+        if scaled.crops:  # outlines a resize would blur: full-resolution crops in training, whole images at inference
             assert scaled.resize == "pad" and scaled.whole_inference and "random crops of that size" in why
             tta = {c.key: c.value for c in rules.choose_tta(scaled)}
             assert tta["infer.sliding"] is False and tta["infer.tta_scales"] == [0.75, 1.25]
@@ -608,26 +610,32 @@ def test_a_step_starved_fold_at_the_smallest_batch_gets_smaller_inputs(
             assert scaled.resize == "resize" and not scaled.whole_inference and "whole images resized" in why
     assert rules.scale_for_steps(fp, g, "cuda", steps, batch) is None  # a GPU step is not bound by pixels this way
     crops = rules.choose_geometry(AERIAL, "cpu")
-    assert crops.crops and rules.scale_for_steps(_thick(AERIAL, 20.0), crops, "cpu", 100, 2) is None
+    assert crops.crops and rules.scale_for_steps(_outlined(AERIAL, 0.9), crops, "cpu", 100, 2) is None
     assert not crops.whole_inference and {c.key: c.value for c in rules.choose_tta(crops)}["infer.sliding"] is True
 
 
-def test_object_width_is_the_median_class_thickness_and_widths_are_measured_from_masks() -> None:
-    from pipeline.plan.fingerprint import component_widths
+def test_boundary_share_counts_foreground_pixels_with_a_neighbour_of_another_label() -> None:
+    from pipeline.plan.fingerprint import boundary_share
 
     m = np.zeros((20, 30), np.uint8)
-    m[2:9, 2:9] = 1  # a 7x7 square: the widest disc inside is 7 px across, EDT 4 at its centre
-    m[12, 0:30] = 2  # a 1-px line along the image border's width: EDT 1
-    m[15:18, 5:25] = 2  # a 3-px stripe: EDT 2 at its middle row
-    m[0, 29] = 255  # ignore is no object
-    assert component_widths([m], 3) == {1: [8.0], 2: [2.0, 4.0]}
-    # the same by brute force: for each pixel the distance to the nearest pixel outside its class (border outside)
-    ys, xs = np.nonzero(np.pad(m != 2, 1))
-    inside = np.argwhere(np.pad(m == 2, 1))
-    d = np.sqrt(((inside[:, None, :] - np.stack([ys, xs], 1)[None]) ** 2).sum(-1)).min(1)
-    assert sorted({2 * float(v) for v in d}) == [2.0, 4.0]
-    assert rules.object_width(_thick(RARE, 6.0)) == 6.0
-    assert rules.object_width(RARE) == 0.0  # no widths measured: the steps rule resizes (no width to keep)
+    m[2:9, 2:9] = 1  # a 7x7 square: 24 outline pixels of 49, and ...
+    m[12, 0:30] = 2  # a 1-px line along the image's width, touching both borders: all 30 on an outline
+    m[15:18, 5:25] = 2  # a 3-px stripe: its two long sides and the middle row's two ends on an outline
+    m[17, 24] = 255  # ignore: not foreground (the stripe keeps 59 pixels, 19 + 20 + 2 of them on an outline)
+    m[5, 5] = 255  # ignore inside the square: its 4 neighbours are on an outline too (28 of the 48 left)
+    # by brute force: a foreground pixel is on an outline when one of its in-image 4-neighbours differs
+    edge = fg = 0
+    for y in range(20):
+        for x in range(30):
+            if m[y, x] in (0, 255):
+                continue
+            fg += 1
+            near = [(y + dy, x + dx) for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+            edge += any(0 <= a < 20 and 0 <= b < 30 and m[a, b] != m[y, x] for a, b in near)
+    assert (edge, fg) == (28 + 30 + 41, 48 + 30 + 59)
+    assert boundary_share([m]) == pytest.approx(edge / fg)
+    assert boundary_share([m[:1, :5]]) == 0.0  # background alone: no foreground, no share
+    assert boundary_share([m, np.ones((4, 4), np.uint8)]) == pytest.approx(edge / (fg + 16))  # pooled: 4x4 all inside
 
 
 @pytest.mark.slow
@@ -639,7 +647,7 @@ def test_a_step_starved_plan_probes_smaller_whole_images_and_keeps_them_only_if_
     masks = []
     for i in range(12):
         m = np.zeros((128, 128), np.uint8)
-        m[10 + 5 * i : 30 + 5 * i, 40:60] = 1 + i % 2  # 20x20 squares: 20 px thick (EDT 10 at the centre)
+        m[10 + 5 * i : 50 + 5 * i, 40:80] = 1 + i % 2  # 40x40 squares: 156 of their 1600 pixels on the outline
         masks.append(m)
     layout, _ = _tiny_competition(tmp_path, [(128, 128)] * 12, masks)
     (tmp_path / "configs" / "models").mkdir(parents=True)
@@ -656,7 +664,7 @@ def test_a_step_starved_plan_probes_smaller_whole_images_and_keeps_them_only_if_
     params = from_dict(Params, raw, "test")
     make_plan(params, layout, raw)
     saved = yaml.safe_load(layout.plan_yaml.read_text())
-    assert saved["fingerprint"]["classes"][1]["width"]["median"] == 20.0
+    assert saved["fingerprint"]["boundary_share"] == pytest.approx(156 / 1600)  # 0.195 at half a side: resized
     model = saved["models"]["auto"]
     keys = {k.split(":")[0]: k for k in model["keys"]}
     # 8 training images at batch 8 make a few steps: the batch rule has nothing left, the resize rule probes 64x64
