@@ -7,7 +7,8 @@ folds and plan. Prints one line per run (fold val metric, best epoch, seconds) a
 the seeds, and the paired difference from the first variant.
 
 Variants: ``mixed`` (the default: pseudo-labelled images as many as they are), ``share=S`` (``pseudo.share``),
-``pretrain=N`` (``pseudo.pretrain_epochs``).
+``pretrain=N`` (``pseudo.pretrain_epochs``), ``soft`` (``pseudo.soft``: the pseudo stage runs again in the variant's
+folder, on the run's round-1 models, to keep the teacher's probabilities; its labels are the run's).
 
     python bench/pseudo_variants.py /tmp/run-obj4 --epochs 10 --seeds 0 1 --variants mixed share=0.5 pretrain=5
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.paths import Layout  # noqa: E402
 from pipeline.plan.apply import planned_config  # noqa: E402
+from pipeline.pseudo import make_pseudo_labels  # noqa: E402
 from pipeline.train import train_round  # noqa: E402
 
 LINKED = ("masks", "folds.csv", "classes.json", "plan.yaml", "train_index.csv", "mask_summary.json", "r1")
@@ -42,18 +44,26 @@ def variant_params(params: Params, variant: str, epochs: int, seed: int) -> Para
         ps = dataclasses.replace(ps, share=float(variant.split("=")[1]))
     elif variant.startswith("pretrain="):
         ps = dataclasses.replace(ps, pretrain_epochs=int(variant.split("=")[1]))
+    elif variant == "soft":
+        ps = dataclasses.replace(ps, soft=True)
     elif variant != "mixed":
-        raise SystemExit(f"unknown variant {variant!r}: mixed, share=S or pretrain=N")
+        raise SystemExit(f"unknown variant {variant!r}: mixed, share=S, pretrain=N or soft")
     return dataclasses.replace(params, pseudo=ps, train=dataclasses.replace(params.train, seed=seed))
 
 
-def run_folder(run: Path, work: Path, name: str) -> Layout:
-    """A fresh project folder ``work/name`` whose work/ links the run's round 1 and data (round 2 its own)."""
+def run_folder(run: Path, work: Path, name: str, own_pseudo: bool = False) -> Layout:
+    """A fresh project folder ``work/name`` whose work/ links the run's round 1 and data (round 2 its own; with
+    ``own_pseudo`` round 1's pseudo-label sets too: everything else of round 1 is linked entry by entry)."""
     root = work / name
     shutil.rmtree(root, ignore_errors=True)
     (root / "work").mkdir(parents=True)
     for item in LINKED:
-        if (run / "work" / item).exists():
+        if item == "r1" and own_pseudo:
+            (root / "work" / "r1").mkdir()
+            for entry in (run / "work" / "r1").iterdir():
+                if entry.name != "pseudo":
+                    (root / "work" / "r1" / entry.name).symlink_to(entry.resolve())
+        elif (run / "work" / item).exists():
             (root / "work" / item).symlink_to((run / "work" / item).resolve())
     (root / "configs").symlink_to(REPO / "configs")
     return Layout(root)
@@ -76,9 +86,11 @@ def main() -> None:
     for variant in args.variants:
         for seed in args.seeds:
             params = variant_params(base, variant, args.epochs, seed)
-            layout = run_folder(args.run, args.work, f"{variant.replace('=', '')}-s{seed}")
+            layout = run_folder(args.run, args.work, f"{variant.replace('=', '')}-s{seed}", params.pseudo.soft)
             cfg = planned_config(args.model, layout, params)
             t0 = time.time()
+            if params.pseudo.soft:
+                make_pseudo_labels(params, layout)  # the run's labels again, with the teacher's probabilities
             m = train_round(cfg, args.model, args.fold, layout, params, round_=2)
             assert m is not None
             scores.setdefault(variant, []).append(m["val_mIoU"])

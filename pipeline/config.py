@@ -284,6 +284,9 @@ class PseudoParams:
     # n >= 1: pretrain on the pseudo-labels, then fine-tune (contrails 3rd): the round's first n epochs draw only
     # pseudo-labelled images, the rest only labelled ones; 0: mixed every epoch (with share)
     pretrain_epochs: int = 0
+    # true: the pseudo stage also keeps the teacher's probabilities and round 2 learns them on every pixel of a kept
+    # pseudo-labelled image (soft cross-entropy; no threshold), not its thresholded labels (pipeline/losses.py)
+    soft: bool = False
 
     def __post_init__(self) -> None:
         if self.share is not None and not 0.0 <= self.share <= 1.0:
@@ -470,6 +473,8 @@ class Recipe:
     # samples from the pseudo-labelled images (null: as many as they are), and the first epochs that draw only them
     pseudo_share: float | None = None
     pseudo_pretrain: int = 0
+    # rounds 2+ (pseudo.soft): the pseudo-labelled images' targets are the teacher's probabilities
+    pseudo_soft: bool = False
     num_workers: int = 0
     seed: int = 0
 

@@ -189,6 +189,23 @@ def write_png(dest: str | os.PathLike[str], array: np.ndarray) -> None:
         f.write(buf.getvalue())
 
 
+def write_npy(dest: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write one array as ``.npy`` (no pickles), atomically."""
+    with atomic_open(dest, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an ``.npy`` written by :func:`write_npy`; a :class:`UserError` naming the file when it is missing or
+    unreadable (pickled objects are refused)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: unreadable .npy ({e})") from None
+
+
 def write_npz(dest: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     with atomic_open(dest, "wb") as f:
         np.savez(f, **arrays)

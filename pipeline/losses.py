@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import segmentation_models_pytorch as smp
@@ -33,6 +34,30 @@ def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Modul
         raise UserError(f"loss {term.name}: bad kwargs {kw}: {e}") from None
 
 
+@dataclasses.dataclass
+class SoftTarget:
+    """A training batch's targets when some rows are soft (``pseudo.soft``): ``mask`` (B, H, W) int64 labels with 255
+    = ignore (a soft row's: the teacher's argmax), ``soft`` (B, C, H, W) uint8 teacher probabilities x 255 (read on
+    soft rows only) and ``rows`` (B,) bool, the soft rows."""
+
+    mask: torch.Tensor
+    soft: torch.Tensor
+    rows: torch.Tensor
+
+
+def labels(target: torch.Tensor | SoftTarget) -> torch.Tensor:
+    """The (B, H, W) labels of a target."""
+    return target.mask if isinstance(target, SoftTarget) else target
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Per pixel, ``-sum_c q_c log softmax(logits)_c`` with ``q`` the (B, C, H, W) uint8 probabilities normalised to
+    sum 1 (their rounding to 1/255 undone): (B, H, W)."""
+    q = soft.float()
+    q = q / q.sum(1, keepdim=True).clamp_min(1.0)
+    return -(q * F.log_softmax(logits, 1)).sum(1)
+
+
 class WeightedLoss(nn.Module):
     """sum_i weight_i * loss_i(logits (B, C, H, W) float, target (B, H, W) int64 with 255 = ignore).
 
@@ -42,6 +67,10 @@ class WeightedLoss(nn.Module):
     losses weighted by :func:`~pipeline.models.sides.side_weights`.
     A :class:`WithPresence` output (``presence_head``) adds ``presence_weight`` x the binary cross-entropy of its
     presence logits against the classes each target holds (:func:`presence_target`).
+
+    A :class:`SoftTarget` (round 2 with ``pseudo.soft``): the soft rows' pixels learn the teacher's probabilities by
+    :func:`soft_cross_entropy`, the other rows' the terms above; the two are weighted by their shares of the batch's
+    labelled pixels, so a batch without soft rows has exactly the loss above.
     """
 
     def __init__(
@@ -66,11 +95,11 @@ class WeightedLoss(nn.Module):
         return cls(cfg.recipe.loss, cfg.recipe.class_weights, cfg.presence_head, sides)
 
     def forward(
-        self, logits: torch.Tensor | tuple[torch.Tensor, ...] | WithPresence, target: torch.Tensor
+        self, logits: torch.Tensor | tuple[torch.Tensor, ...] | WithPresence, target: torch.Tensor | SoftTarget
     ) -> torch.Tensor:
         if isinstance(logits, WithPresence):
             presence = F.binary_cross_entropy_with_logits(
-                logits.presence.float(), presence_target(target, logits.presence.shape[1])
+                logits.presence.float(), presence_target(labels(target), logits.presence.shape[1])
             )
             return self.forward(logits.logits, target) + self.presence_weight * presence
         if isinstance(logits, tuple) and self.side_weight is not None:  # decoder sides: the output, then w x sides
@@ -79,7 +108,21 @@ class WeightedLoss(nn.Module):
         if isinstance(logits, tuple):  # deep supervision: the output and each side output, equal weights
             return sum(self.forward(z, target) for z in logits)  # type: ignore[return-value]
         logits = logits.float()  # losses in float32 even under autocast
+        if isinstance(target, SoftTarget):
+            return self._mixed(logits, target)
         return sum(w * term(logits, target) for w, term in zip(self.weights, self.terms))  # type: ignore[return-value]
+
+    def _mixed(self, logits: torch.Tensor, target: SoftTarget) -> torch.Tensor:
+        rows = target.rows.view(-1, 1, 1)
+        hard = target.mask.masked_fill(rows, IGNORE_INDEX)  # the labelled rows, for the recipe's terms
+        soft = (target.mask != IGNORE_INDEX) & rows  # the soft rows' pixels (255 there only where padded)
+        n_hard, n_soft = int((hard != IGNORE_INDEX).sum()), int(soft.sum())
+        if n_soft == 0:
+            return self.forward(logits, hard)
+        soft_loss = soft_cross_entropy(logits, target.soft)[soft].mean()
+        if n_hard == 0:
+            return soft_loss
+        return (n_hard * self.forward(logits, hard) + n_soft * soft_loss) / (n_hard + n_soft)
 
 
 def presence_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -165,7 +165,7 @@ class FoldFiles:
 @dataclasses.dataclass(frozen=True)
 class PseudoSetFiles:
     """The files of one pseudo-label set (:meth:`Layout.pseudo_dir`): a mask per kept test image, ``index.csv`` and
-    ``summary.json``."""
+    ``summary.json``; with ``pseudo.soft`` also the teacher's probabilities beside each mask (:meth:`soft_for`)."""
 
     root: Path
 
@@ -176,6 +176,16 @@ class PseudoSetFiles:
 
     def mask(self, image_id: int) -> Path:
         return self.root / self.mask_name(image_id)
+
+    @staticmethod
+    def soft_for(mask: Path) -> Path:
+        """The teacher's probabilities of a pseudo mask: ``<id>.soft.npy`` beside ``<id>.png``, a (C, H, W) uint8
+        array of ``round(p * 255)``.
+
+        >>> PseudoSetFiles.soft_for(Path("work/r1/pseudo/0/17.png")).as_posix()
+        'work/r1/pseudo/0/17.soft.npy'
+        """
+        return mask.with_name(f"{mask.stem}.soft.npy")
 
     @property
     def index_csv(self) -> Path:

@@ -1,7 +1,8 @@
 """Pseudo-labelling: the round-1 ensemble (with TTA) labels the test images for a second training round.
 
 Pixels whose top-class probability is under ``threshold`` become ignore (255); an image whose confident share is
-under ``min_confident`` is dropped. Pseudo-labelled images only ever join the training side of a fold.
+under ``min_confident`` is dropped. Pseudo-labelled images only ever join the training side of a fold. With ``soft``
+each kept image's probabilities are written beside its mask too (:func:`soft_label`), for round 2 to learn them.
 
 The leak: a round-1 model of fold j != k was trained on fold k's validation images, so pseudo-labels from the full
 ensemble carry fold k's validation labels into round-2 fold k and inflate its OOF score. ``source: leak_free``
@@ -39,7 +40,7 @@ from pipeline.ensemble.members import (
     windowed,
 )
 from pipeline.ensemble.plan import Decision, pseudo_rules
-from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_png
+from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_npy, write_png
 from pipeline.labels import IGNORE_INDEX
 from pipeline.oof import truth_reader
 from pipeline.paths import Layout, PseudoSetFiles
@@ -61,17 +62,34 @@ def confident_mask(probs: np.ndarray, threshold: float, decision: float | None =
 
 def pseudo_label(
     probs: np.ndarray, threshold: float, rules: dict[int, pp.Rule], decision: float | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One test image's pseudo-label from its (C, H, W) probabilities: the (H, W) uint8 mask (:func:`confident_mask`
-    with ``rules`` applied: what they change is labelled as they say, confident), the confident pixels and the
-    post-processed class map (the argmax, or over the binary threshold ``decision``, as infer decides)."""
+    with ``rules`` applied: what they change is labelled as they say, confident), the confident pixels, the
+    post-processed class map (the argmax, or over the binary threshold ``decision``, as infer decides) and the pixels
+    the rules changed."""
     mask, conf = confident_mask(probs, threshold, decision)
     pred = decide(probs, decision)
+    changed = np.zeros(pred.shape, bool)
     if rules:
         post = pp.apply(pred, rules)
         changed = post != pred
         mask[changed], conf, pred = post[changed], conf | changed, post
-    return mask, conf, pred
+    return mask, conf, pred, changed
+
+
+def soft_label(probs: np.ndarray, pred: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """``pseudo.soft``: the teacher's (C, H, W) probabilities as uint8 ``round(p * 255)``, except where the rules
+    ``changed`` the label: there the class they gave it (``pred``) alone, 255.
+
+    >>> probs = np.array([[[0.7, 0.2]], [[0.3, 0.8]]])  # two classes, one row of two pixels
+    >>> soft_label(probs, np.array([[0, 0]]), np.array([[False, True]])).tolist()  # a rule set pixel 2 to class 0
+    [[[178, 255]], [[76, 0]]]
+    """
+    soft = np.rint(probs * 255).astype(np.uint8)
+    soft[:, changed] = 0
+    ys, xs = np.nonzero(changed)
+    soft[pred[changed], ys, xs] = 255
+    return soft
 
 
 def set_rules(
@@ -164,13 +182,15 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
                     probs = logp.softmax(1).cpu().numpy()
                     for j, i in enumerate(idx.tolist()):
                         d = decisions[str(s)]
-                        mask, conf, pred = pseudo_label(probs[j], p.threshold, d.rules, d.threshold)
+                        mask, conf, pred, changed = pseudo_label(probs[j], p.threshold, d.rules, d.threshold)
                         per_class_all += np.bincount(pred.ravel(), minlength=len(classes))
                         per_class_conf += np.bincount(pred[conf].ravel(), minlength=len(classes))
                         share = float(conf.mean())
                         if share < p.min_confident:
                             continue
                         write_png(files.mask(tests.ids[i]), mask)
+                        if p.soft:
+                            write_npy(files.soft_for(files.mask(tests.ids[i])), soft_label(probs[j], pred, changed))
                         rows.append([tests.ids[i], tests.file_names[i], files.mask_name(tests.ids[i]), round(share, 4)])
             write_csv(files.index_csv, PSEUDO_INDEX_COLUMNS, rows)
             summary = {

@@ -20,7 +20,7 @@ from pipeline.config import ModelConfig
 from pipeline.data.cache import DecodedCache
 from pipeline.data.sampling import NO_CENTRE, centred_window
 from pipeline.errors import UserError
-from pipeline.io import read_image, read_mask
+from pipeline.io import read_image, read_mask, read_npy
 from pipeline.labels import IGNORE_INDEX
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: what timm's pretrained encoders expect
@@ -62,7 +62,8 @@ def build_transform(cfg: ModelConfig, train: bool, seed: int | None = None) -> A
             except Exception as e:  # albumentations validates its kwargs with pydantic
                 raise UserError(f"augment {aug.name}: bad kwargs {aug.kwargs}: {e}".replace("\n", " ")) from None
     ops += size_transforms(cfg, train)
-    return A.Compose(ops, seed=seed)
+    # "soft": the teacher's (H, W, C) probabilities of a pseudo-labelled image (pseudo.soft) move as the mask does
+    return A.Compose(ops, seed=seed, additional_targets={"soft": "mask"})
 
 
 class SegDataset(Dataset):
@@ -73,6 +74,13 @@ class SegDataset(Dataset):
     with ``crop`` set and (y, x) a pixel, the image is first cut to the ``crop`` window centred on that pixel (kept
     inside the image), so the transform's own random crop leaves it whole; ``y == NO_CENTRE`` leaves the crop to
     the transform.
+
+    Soft targets (``pseudo.soft``): ``soft`` names, per image, the teacher's probabilities of a pseudo-labelled one
+    (:meth:`pipeline.paths.PseudoSetFiles.soft_for`) or ``None`` for a labelled one. Every item then also holds
+    ``soft`` ((C, H, W) uint8, transformed as the mask is; zeros on a labelled row) and ``soft_row``; a soft row's
+    ``mask`` is the teacher's argmax (255 only where the transform padded), so its every pixel is learnt
+    (:class:`pipeline.losses.SoftTarget`). The probabilities are read from disk on each access, even with
+    ``preload`` (they are ``C`` times a mask).
     """
 
     def __init__(
@@ -83,11 +91,16 @@ class SegDataset(Dataset):
         preload: bool = True,
         crop: tuple[int, int] | None = None,
         cache: DecodedCache | None = None,
+        soft: Sequence[Path | None] | None = None,
+        num_classes: int = 0,
     ) -> None:
         if masks is not None and len(masks) != len(images):
             raise ValueError("images and masks differ in length")
+        if soft is not None and (len(soft) != len(images) or masks is None or num_classes < 1):
+            raise ValueError("soft targets need one entry per image, masks and num_classes")
         self.images, self.masks, self.transform = list(images), masks and list(masks), transform
         self.crop, self.cache = crop, cache
+        self.soft, self.num_classes = (list(soft) if soft is not None else None), num_classes
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if preload:
             self._cache = [self._read(i) for i in range(len(self.images))]
@@ -114,17 +127,41 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def _soft(self, i: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Image ``i``'s teacher probabilities as (H, W, C) uint8, or ``None`` (a labelled image, or none at all)."""
+        path = self.soft[i] if self.soft is not None else None
+        if path is None:
+            return None
+        soft = read_npy(path)
+        if soft.dtype != np.uint8 or soft.shape != (self.num_classes, *shape):
+            raise UserError(
+                f"{path}: teacher probabilities are {soft.dtype} {soft.shape}, expected uint8 "
+                f"{(self.num_classes, *shape)} for {self.images[i]}; run the pseudo stage again (dvc repro pseudo)"
+            )
+        return soft.transpose(1, 2, 0)
+
     def __getitem__(self, item: int | tuple[int, int, int]) -> dict[str, Any]:
         i, y, x = item if isinstance(item, tuple) else (int(item), NO_CENTRE, NO_CENTRE)
         image, mask = self._cache[i] if self._cache is not None else self._read(i)
+        soft = self._soft(i, image.shape[:2])
+        if soft is not None:
+            mask = soft.argmax(-1).astype(np.uint8)  # every pixel is learnt, from the probabilities
         if self.crop is not None and y != NO_CENTRE:
             top, left, h, w = centred_window(image.shape[:2], self.crop, y, x)
             image = image[top : top + h, left : left + w]
             mask = mask[top : top + h, left : left + w] if mask is not None else None
+            soft = soft[top : top + h, left : left + w] if soft is not None else None
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
-            image, mask = out["image"], out.get("mask", mask)
+            targets = {"mask": mask} if mask is not None else {}
+            out = self.transform(image=image, **targets, **({"soft": soft} if soft is not None else {}))
+            image, mask, soft = out["image"], out.get("mask", mask), out.get("soft", soft)
         item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(image)), "index": i}
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+        if self.soft is not None:
+            zeros = torch.zeros(self.num_classes, *item["mask"].shape, dtype=torch.uint8)
+            item["soft"] = (
+                torch.from_numpy(np.ascontiguousarray(soft.transpose(2, 0, 1))) if soft is not None else zeros
+            )
+            item["soft_row"] = soft is not None
         return item

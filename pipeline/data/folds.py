@@ -18,7 +18,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from pipeline.config import DataParams, FoldsParams
 from pipeline.errors import UserError
 from pipeline.io import digest_set, read_json, write_csv
-from pipeline.paths import Layout
+from pipeline.paths import Layout, PseudoSetFiles
 
 
 def presence_matrix(index: pd.DataFrame, num_classes: int) -> np.ndarray:
@@ -130,6 +130,21 @@ class FoldSplit:
     val_images: list[Path]
     val_masks: list[Path]
     extra: int = 0  # the last ``extra`` training pairs are the extra ones (pseudo-labelled test images)
+
+    def soft_targets(self) -> list[Path | None] | None:
+        """``pseudo.soft``: per training image, the teacher's probabilities of an extra (pseudo-labelled) one, ``None``
+        for a labelled one; ``None`` without extra images. A :class:`UserError` when the pseudo stage wrote none."""
+        if self.extra == 0:
+            return None
+        n = len(self.train_masks) - self.extra
+        soft = [PseudoSetFiles.soft_for(m) for m in self.train_masks[n:]]
+        missing = next((p for p in soft if not p.is_file()), None)
+        if missing is not None:
+            raise UserError(
+                f"{missing} not found: pseudo.soft needs the teacher's probabilities, which the pseudo stage writes "
+                "only with pseudo.soft: true; run it again (dvc repro pseudo)"
+            )
+        return [None] * n + soft  # type: ignore[list-item]
 
 
 def fold_split(layout: Layout, data: DataParams, fold: int, extra: Sequence[tuple[Path, Path]] = ()) -> FoldSplit:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Sampler
 
 from pipeline.labels import IGNORE_INDEX
@@ -34,7 +35,22 @@ def paste(receiver: dict[str, Any], donor: dict[str, Any]) -> dict[str, Any]:
     image, mask = image.clone(), mask.clone()
     image[fg] = donor["image"][fg]
     mask[fg] = donor["mask"][fg]
-    return {**receiver, "image": image, "mask": mask}
+    out = {**receiver, "image": image, "mask": mask}
+    if "soft" in receiver:  # soft targets (pseudo.soft): the donor's probabilities, or its labels as one-hot
+        given = donor["soft"] if donor["soft_row"] else one_hot(donor["mask"], donor["soft"].shape[0])
+        out["soft"] = receiver["soft"].clone()
+        out["soft"][:, fg] = given[:, fg]
+    return out
+
+
+def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(H, W) labels -> (C, H, W) uint8, 255 on each pixel's class (none on ignore).
+
+    >>> one_hot(torch.tensor([[0, 2], [255, 1]]), 3)[:, 0].tolist()
+    [[255, 0], [0, 0], [0, 255]]
+    """
+    planes = torch.arange(num_classes, device=mask.device)[:, None, None] == mask[None]
+    return planes.to(torch.uint8) * 255
 
 
 class PasteSampler(Sampler[tuple[Any, int]]):

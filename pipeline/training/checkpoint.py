@@ -87,6 +87,7 @@ def fingerprint(cfg: ModelConfig, fold: int, round_: int, split: FoldSplit, init
             "train": [str(p) for p in split.train_images],
             "val": split.val_ids,
             "masks": [_file_digest(p) for p in [*split.train_masks, *split.val_masks]],
+            "soft": [_file_digest(p) for p in split.soft_targets() or [] if p] if cfg.recipe.pseudo_soft else None,
             "image_bytes": [p.stat().st_size for p in [*split.train_images, *split.val_images]],
         },
         sort_keys=True,

@@ -17,6 +17,7 @@ import torch
 from pipeline.config import ModelConfig, TrainParams
 from pipeline.data.dataset import normalize
 from pipeline.distributed import Dist, init_process
+from pipeline.losses import SoftTarget
 from pipeline.paths import FoldFiles, Layout
 from pipeline.predict import autocast
 
@@ -77,10 +78,14 @@ class Context:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.amp, self.cpu_bf16)
 
-    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A loader batch on the device: (B, 3, H, W) float32 normalised images, (B, H, W) int64 masks."""
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | SoftTarget]:
+        """A loader batch on the device: (B, 3, H, W) float32 normalised images, (B, H, W) int64 masks (a
+        :class:`~pipeline.losses.SoftTarget` of them when the batch carries soft targets: ``pseudo.soft``)."""
         x = normalize(batch["image"].to(self.device, non_blocking=True))
-        y = batch["mask"].to(self.device, non_blocking=True)
+        y: torch.Tensor | SoftTarget = batch["mask"].to(self.device, non_blocking=True)
+        if "soft" in batch:
+            soft, rows = (batch[k].to(self.device, non_blocking=True) for k in ("soft", "soft_row"))
+            y = SoftTarget(y, soft, rows)  # type: ignore[arg-type]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y

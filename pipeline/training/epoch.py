@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from pipeline.data.dataset import SegDataset
 from pipeline.faults import StepGuard
+from pipeline.losses import labels
 from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
 from pipeline.oof import scores as oof_scores
 from pipeline.predict import iter_logits
@@ -36,11 +37,11 @@ def train_one_epoch(
     epoch = state.epoch + 1  # from 1, as the messages name it
     loss_sum, n = torch.zeros((), device=ctx.device), 0
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.bars, mininterval=2.0, leave=False):
-        x, y = ctx.inputs(batch)  # (B, 3, H, W) float32, (B, H, W) int64
+        x, y = ctx.inputs(batch)  # (B, 3, H, W) float32, (B, H, W) int64 (or a SoftTarget of them)
         with guard.step(epoch):  # out of memory, a batch too small for BatchNorm: one line naming the fix
             loss = opt.loss(x, y, ctx.autocast)
             # a NaN/inf loss or gradient norm: an error, or (recipe.skip_nonfinite) no update from this batch
-            updated = opt.step(loss, state.step, guard.checker(epoch, state.step + 1, target=y))
+            updated = opt.step(loss, state.step, guard.checker(epoch, state.step + 1, target=labels(y)))
         state.step += 1
         if updated:
             loss_sum += loss.detach()

@@ -4,7 +4,8 @@ Two layers, applied in this order:
 
 - :func:`round_config`, rounds 2+ only: ``pseudo.epochs`` replaces ``recipe.epochs`` (and clears ``train.epochs``, so
   the next layer keeps it), ``recipe.lr`` is multiplied by ``pseudo.lr_scale``, and ``pseudo.share`` /
-  ``pseudo.pretrain_epochs`` become ``recipe.pseudo_share`` / ``recipe.pseudo_pretrain``;
+  ``pseudo.pretrain_epochs`` / ``pseudo.soft`` become ``recipe.pseudo_share`` / ``recipe.pseudo_pretrain`` /
+  ``recipe.pseudo_soft``;
 - :func:`run_config`, every run: ``train.epochs`` (when set) replaces ``recipe.epochs`` and ``train.seed`` is added to
   ``recipe.seed``.
 
@@ -40,6 +41,6 @@ def round_config(cfg: ModelConfig, params: Params) -> tuple[ModelConfig, TrainPa
         recipe = dataclasses.replace(recipe, epochs=ps.epochs)
     if ps.lr_scale != 1.0:
         recipe = dataclasses.replace(recipe, lr=recipe.lr * ps.lr_scale)
-    recipe = dataclasses.replace(recipe, pseudo_share=ps.share, pseudo_pretrain=ps.pretrain_epochs)
+    recipe = dataclasses.replace(recipe, pseudo_share=ps.share, pseudo_pretrain=ps.pretrain_epochs, pseudo_soft=ps.soft)
     train = params.train if ps.epochs is None else dataclasses.replace(params.train, epochs=None)
     return dataclasses.replace(cfg, recipe=recipe), train

@@ -24,7 +24,7 @@ from pipeline.data.paste import PastedDataset, PasteSampler
 from pipeline.data.sampling import CropSampler, Extra, foreground_points
 from pipeline.errors import UserError
 from pipeline.io import load_torch
-from pipeline.losses import WeightedLoss
+from pipeline.losses import SoftTarget, WeightedLoss
 from pipeline.models.optim import param_groups
 from pipeline.models.registry import build_model
 from pipeline.store import Lazy
@@ -75,7 +75,14 @@ def sampled_data(
     rec, ddp = cfg.recipe, ctx.ddp
     crop = cfg.input_size if cfg.resize == "pad" else None  # resize: the whole image is the sample
     train_ds = SegDataset(
-        split.train_images, split.train_masks, transform, preload=storage.preload, crop=crop, cache=storage.cache
+        split.train_images,
+        split.train_masks,
+        transform,
+        preload=storage.preload,
+        crop=crop,
+        cache=storage.cache,
+        soft=split.soft_targets() if rec.pseudo_soft else None,
+        num_classes=len(ctx.classes),
     )
     split_extra = split.extra > 0 and (rec.pseudo_share is not None or rec.pseudo_pretrain > 0)
     if rec.samples_per_epoch is None and rec.foreground_share == 0.0 and not split_extra:
@@ -173,7 +180,7 @@ class Optimisation:
         for schedule in self.scheduler.lr_lambdas:  # type: ignore[attr-defined]
             schedule.total = total
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, y: torch.Tensor | SoftTarget, autocast: Callable[[], Any]) -> torch.Tensor:
         """The training loss of a batch: the forward pass under ``autocast`` (:meth:`Context.autocast`), then the
         criterion (in float32)."""
         with autocast():

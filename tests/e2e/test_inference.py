@@ -24,6 +24,7 @@ from pipeline.config import ModelConfig, from_dict, read_yaml
 from pipeline.data.dataset import normalize
 from pipeline.io import read_image, read_json, read_mask
 from pipeline.models.registry import build_model
+from pipeline.paths import PseudoSetFiles
 from pipeline.pseudo import make_pseudo_labels
 from pipeline.submission.codec import read_submission_csv
 from pipeline.submission.format import PER_CLASS, shapes_from_coco
@@ -385,3 +386,31 @@ def test_ablation_scores_each_step_as_a_real_submission(trained: Project) -> Non
         assert 0 <= r["lb_mIoU"] <= 1 and 0 <= r["lb_mBIoU"] <= 1
     table = ablation_markdown(rows)
     assert table.count("\n") == 2 + len(rows) and f"{rows[1]['lb_mIoU'] - rows[0]['lb_mIoU']:+.4f}" in table
+
+
+def test_soft_pseudo_labels_keep_the_teacher_probabilities_and_round2_learns_them(
+    trained: Project, pseudo: dict[str, Any]
+) -> None:
+    p = trained
+    params = pseudo["leak_free_params"]
+    soft = dataclasses.replace(params, pseudo=dataclasses.replace(params.pseudo, soft=True, epochs=1))
+    make_pseudo_labels(soft, p.layout)
+    classes = read_json(p.layout.classes_json)
+    for fold in p.params.train.folds:
+        d = p.layout.pseudo_dir(1, fold)
+        summary = read_json(d / "summary.json")
+        for row in pd.read_csv(d / "index.csv").itertuples():
+            got = np.load(PseudoSetFiles.soft_for(d / row.mask), allow_pickle=False)
+            # the reference: fold k's model alone, computed without the inference code, rounded to 1/255
+            probs = fold_probs(p, fold, Path(p.data.root) / "images" / row.file_name)
+            label = probs.argmax(0)
+            post = reference_postprocess(label, summary["postprocess"], classes)
+            changed = post != label
+            assert got.dtype == np.uint8 and got.shape == probs.shape
+            assert np.abs(got[:, ~changed].astype(int) - np.rint(probs[:, ~changed] * 255)).max() <= 1
+            assert np.array_equal(got[:, changed], (np.arange(NUM_CLASSES)[:, None] == post[changed]) * 255)
+    metrics = train_round(p.cfg, p.model, 0, p.layout, soft, round_=2)
+    assert metrics is not None and metrics["epochs"] == 1
+    saved = read_yaml(p.layout.model_dir(p.model, 0, 2) / "config.yaml")
+    assert saved["recipe"]["pseudo_soft"] is True
+    assert np.isfinite(pd.read_csv(p.layout.curve_path(p.model, 0, 2))["train_loss"]).all()

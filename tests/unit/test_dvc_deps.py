@@ -431,6 +431,7 @@ NOT_READ_BY = {
             "pseudo.init_from_previous",
             "pseudo.share",
             "pseudo.pretrain_epochs",
+            "pseudo.soft",
         },
         "round 1: train_round returns train_fold's result before reading any pseudo key, and training_round_runs is "
         "true for round 1 without reading pseudo.rounds",
