@@ -312,7 +312,9 @@ class InferParams:
     """TTA + ensemble inference and the submission (``python -m pipeline.infer --ensemble``)."""
 
     models: list[str] | None = None  # model configs to ensemble; null: train.models
-    round: int | None = None  # which round's fold models; null: the last one (pseudo.rounds + 1)
+    # which round's fold models: auto, the round whose OOF scores best (pipeline.rounds.choose_round); a number; null,
+    # the last one (pseudo.rounds + 1)
+    round: int | Literal["auto"] | None = "auto"
     space: Literal["prob", "logit"] = "prob"  # average probabilities or logits
     weights: Literal["equal", "fit"] = "fit"  # fit: per-model weights maximising the OOF metric
     calibrate: bool = False  # per-model temperature fitted on OOF logits before averaging

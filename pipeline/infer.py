@@ -51,11 +51,12 @@ from pipeline.ensemble.members import (
 )
 from pipeline.ensemble.plan import Plan, plan_ensemble
 from pipeline.errors import run_cli
-from pipeline.io import file_digest, write_json
+from pipeline.io import file_digest, read_json, write_json
 from pipeline.paths import Layout
 from pipeline.plan.apply import planned_params
 from pipeline.postprocess import apply as apply_postprocess
 from pipeline.predict import iter_logits
+from pipeline.rounds import choose_round
 from pipeline.submission.format import SubmissionFormat, submission_format
 from pipeline.submission.ledger import append_ledger
 from pipeline.submission.writer import SubmissionWriter
@@ -94,8 +95,13 @@ def run_ensemble(
         params = dataclasses.replace(params, infer=p)
     fmt = submission_format(p.submission)
     device = resolve_device(params.train.device)
-    round_ = p.round if p.round is not None else 1 + _pseudo_rounds(params)
     models = p.models or params.train.models
+    round_choice: dict[str, Any] | None = None
+    if p.round == "auto" and not checkpoints:
+        round_, round_choice = choose_round(params, layout, models, len(read_json(layout.classes_json)))
+        print(f"infer.round: auto: round {round_}: {round_choice['why']}")
+    else:
+        round_ = p.round if isinstance(p.round, int) else 1 + _pseudo_rounds(params)
     if checkpoints:
         members = members_from_checkpoints(checkpoints)
         rounds = {m.round for m in members}
@@ -109,6 +115,7 @@ def run_ensemble(
     plan = plan_ensemble(params, layout, loaded, rt, oof_unavailable(layout, members))  # plan on OOF
     report: dict[str, Any] = {
         "round": round_,
+        **({"round_choice": round_choice} if round_choice is not None else {}),
         "models": list(loaded.groups),
         "folds": sorted({m.fold for m in members}),
         "members": [{"model": m.model, "fold": m.fold, "round": m.round} for m in members],

@@ -155,7 +155,7 @@ def write_summary(params: Params, layout: Layout) -> str:
             "",
             "## Ensemble",
             "",
-            f"Round {infer.get('round')} models, averaged in {infer.get('space')} space.",
+            f"Round {infer.get('round')} models{_round_why(infer)}, averaged in {infer.get('space')} space.",
             "",
             "| model | TTA (chosen on OOF) | weight | OOF mIoU with TTA |",
             "|---|---|---|---|",
@@ -216,3 +216,9 @@ def write_summary(params: Params, layout: Layout) -> str:
     text = "\n".join(lines) + "\n"
     write_text(layout.summary_md, text)
     return text
+
+
+def _round_why(infer: dict[str, Any]) -> str:
+    """`` (infer.round: auto: why)`` when infer chose the round on OOF, else nothing."""
+    choice = infer.get("round_choice")
+    return f" (infer.round: auto: {choice['why']})" if choice else ""

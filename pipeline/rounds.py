@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Params
+from pipeline.errors import UserError
 from pipeline.io import atomic_dir, write_csv, write_text
 from pipeline.paths import Layout, PseudoSetFiles
 
@@ -56,3 +57,37 @@ def skip_pseudo_round(params: Params, layout: Layout, round_: int) -> dict[str, 
             write_csv(PseudoSetFiles(d).index_csv, PSEUDO_INDEX_COLUMNS, [])
     print(f"pseudo-labels from round {round_} skipped (pseudo.rounds: {params.pseudo.rounds})")
     return {"round": round_, "source": params.pseudo.source, "sets": {}, "disabled": True}
+
+
+def choose_round(params: Params, layout: Layout, models: list[str], num_classes: int) -> tuple[int, dict[str, Any]]:
+    """``infer.round: auto``: the round (1 to 1 + ``pseudo.rounds``) whose fold models' out-of-fold predictions score
+    best in the competition metric (each model config's per-image matrices pooled; a tie keeps the later round),
+    and why. Each fold's OOF images are its validation images, which a leak-free later round never learnt from, so
+    the rounds compare on the same images (in-sample: the choice is made and scored on them).
+
+    With ``pseudo.source: full`` the last round, unscored: its OOF saw the validation labels through the pseudo-labels
+    (the fold leak), so it would be chosen for that alone. A round without OOF is an error saying what to run.
+    """
+    import numpy as np
+
+    from pipeline.metrics import score_matrices
+    from pipeline.oof import missing_oof, model_oof  # they pull in torch; a switched-off stage above must not
+
+    last = 1 + params.pseudo.rounds
+    if last == 1:
+        return 1, {"chosen": 1, "why": "pseudo.rounds: 0, one round"}
+    if params.pseudo.source == "full":
+        why = "pseudo.source: full: a later round's OOF saw its validation labels through the pseudo-labels"
+        return last, {"chosen": last, "why": f"the last round ({why})"}
+    metric, folds, scores = params.metric.name, params.train.folds, {}
+    for r in range(1, last + 1):
+        stacks = [model_oof(layout, m, folds, r, num_classes) for m in models]
+        if any(s is None for s in stacks):
+            raise UserError(
+                f"infer.round: auto chooses on out-of-fold predictions, but {missing_oof(layout, models, folds, r)} "
+                f"is missing: train round {r} again (dvc repro), or set infer.round to a number"
+            )
+        scores[r] = score_matrices(metric, np.concatenate([s.matrices for s in stacks if s is not None]))
+    chosen = max(scores, key=lambda r: (scores[r], r))
+    oof = {str(r): round(s, 5) for r, s in scores.items()}
+    return chosen, {"chosen": chosen, "oof": oof, "why": f"round {chosen}'s OOF {metric} is the highest ({oof})"}

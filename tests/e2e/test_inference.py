@@ -414,3 +414,31 @@ def test_soft_pseudo_labels_keep_the_teacher_probabilities_and_round2_learns_the
     saved = read_yaml(p.layout.model_dir(p.model, 0, 2) / "config.yaml")
     assert saved["recipe"]["pseudo_soft"] is True
     assert np.isfinite(pd.read_csv(p.layout.curve_path(p.model, 0, 2))["train_loss"]).all()
+
+
+def pooled_oof_miou(p: Project, round_: int) -> float:
+    """Dataset mIoU of round ``round_``'s OOF argmax over both folds, from a bincount matrix counted here."""
+    n = NUM_CLASSES
+    cm = np.zeros((n, n), np.int64)
+    for fold in p.params.train.folds:
+        with np.load(p.layout.oof_path(p.model, fold, round_)) as z:
+            for key in z.files:
+                t = read_mask(p.layout.mask_path(int(key))).astype(np.int64).ravel()
+                q = z[key].astype(np.float32).argmax(0).ravel()
+                keep = t != 255
+                cm += np.bincount(t[keep] * n + q[keep], minlength=n * n).reshape(n, n)
+    tp, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    return float(np.mean(tp[union > 0] / union[union > 0]))
+
+
+def test_infer_round_auto_ensembles_the_round_whose_oof_scores_best(trained: Project) -> None:
+    """Rounds 1 and 2 of both folds exist by now (the pseudo tests above trained round 2): ``infer.round: auto``
+    takes the better of the two on OOF, and its members are that round's."""
+    p = trained
+    params = dataclasses.replace(p.params, infer=dataclasses.replace(p.params.infer, round="auto", tta="none"))
+    report = infer.run_ensemble(params, p.layout, output=str(p.layout.root / "auto_round.csv"), write_leaderboard=False)
+    want = {r: pooled_oof_miou(p, r) for r in (1, 2)}
+    best = max(want, key=lambda r: (want[r], r))
+    assert report["round"] == report["round_choice"]["chosen"] == best
+    assert report["round_choice"]["oof"] == {str(r): pytest.approx(v, abs=1e-5) for r, v in want.items()}
+    assert {m["round"] for m in report["members"]} == {best}
