@@ -7,12 +7,14 @@ final one (``submissions/ablation/<row>.csv``):
 2. fold ensemble: every round-1 fold of the first model, no TTA;
 3. + TTA: the same, with the TTA set chosen on out-of-fold predictions;
 4. + multi-model: round-1 folds of every model given (weights fitted on OOF), TTA chosen on OOF;
-5. + pseudo-label round: the final ensemble (round 1 + ``pseudo.rounds``);
-6. + threshold (``infer.threshold: fit``, binary tasks): the row above with the class's probability threshold
+5. + pseudo-label round: the last round's ensemble (round 1 + ``pseudo.rounds``);
+6. + round chosen on OOF (``infer.round: auto``, the default): the round whose OOF scores best
+   (:func:`pipeline.rounds.choose_round`), as ``dvc repro`` ensembles it;
+7. + threshold (``infer.threshold: fit``, binary tasks): the row above with the class's probability threshold
    fitted on its OOF;
-7. + post-processing (``infer.postprocess``): the row above with the per-class rules fitted on its OOF, as
+8. + post-processing (``infer.postprocess``): the row above with the per-class rules fitted on its OOF, as
    ``dvc repro`` makes it; with ``shapes``, first the component and total areas alone (``auto``), then
-   keep-largest-component and hole filling too. Rows 1-5 are scored without threshold or post-processing.
+   keep-largest-component and hole filling too. Rows 1-6 are scored without threshold or post-processing.
 
 Nothing here is tuned on the test truth: every choice (the fold, the TTA set, the weights) is made on OOF, and the
 truth only scores the result. Models of row 4 that are not trained yet are trained here (round 1, every fold).
@@ -125,14 +127,14 @@ def run_ablation(params: Params, layout: Layout, extra_models: Sequence[str] = (
             )
         )
     if params.pseudo.rounds:
+        auto = params.infer.round == "auto"
+        last = f"round {final_round}" + ("" if auto else ": the `dvc repro` submission")
         rows.append(
-            (
-                "pseudo",
-                f"+ pseudo-label round ({' + '.join(models)}, round {final_round}: the `dvc repro` submission)",
-                _with(params, round=final_round),
-                {},
-            )
+            ("pseudo", f"+ pseudo-label round ({' + '.join(models)}, {last})", _with(params, round=final_round), {})
         )
+        if auto:
+            label = "+ round chosen on OOF (infer.round: auto: the `dvc repro` submission)"
+            rows.append(("round", label, _with(params, round="auto"), {}))
 
     rows = postprocess_rows(params.infer.postprocess, rows, params.infer.threshold)
 

@@ -6,6 +6,7 @@ cheaper than per-sample float work on a 2-core CPU. Masks are uint8 class indice
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,15 @@ def build_transform(cfg: ModelConfig, train: bool, seed: int | None = None) -> A
     return A.Compose(ops, seed=seed, additional_targets={"soft": "mask"})
 
 
+@dataclasses.dataclass(frozen=True)
+class SoftPaths:
+    """Soft targets of a training set (``pseudo.soft``): per image, the file of a pseudo-labelled one's teacher
+    probabilities (:meth:`pipeline.paths.PseudoSetFiles.soft_for`) or ``None`` for a labelled one; the class count."""
+
+    paths: list[Path | None]
+    num_classes: int
+
+
 class SegDataset(Dataset):
     """Images (and masks, when given) as uint8 arrays; decoded once and kept in memory (``preload``), or read on
     each access from the source files or from a :class:`~pipeline.data.cache.DecodedCache` (``cache``).
@@ -75,8 +85,7 @@ class SegDataset(Dataset):
     inside the image), so the transform's own random crop leaves it whole; ``y == NO_CENTRE`` leaves the crop to
     the transform.
 
-    Soft targets (``pseudo.soft``): ``soft`` names, per image, the teacher's probabilities of a pseudo-labelled one
-    (:meth:`pipeline.paths.PseudoSetFiles.soft_for`) or ``None`` for a labelled one. Every item then also holds
+    Soft targets (``pseudo.soft``): with ``soft`` (:class:`SoftPaths`) every item also holds
     ``soft`` ((C, H, W) uint8, transformed as the mask is; zeros on a labelled row) and ``soft_row``; a soft row's
     ``mask`` is the teacher's argmax (255 only where the transform padded), so its every pixel is learnt
     (:class:`pipeline.losses.SoftTarget`). The probabilities are read from disk on each access, even with
@@ -91,16 +100,14 @@ class SegDataset(Dataset):
         preload: bool = True,
         crop: tuple[int, int] | None = None,
         cache: DecodedCache | None = None,
-        soft: Sequence[Path | None] | None = None,
-        num_classes: int = 0,
+        soft: SoftPaths | None = None,
     ) -> None:
         if masks is not None and len(masks) != len(images):
             raise ValueError("images and masks differ in length")
-        if soft is not None and (len(soft) != len(images) or masks is None or num_classes < 1):
-            raise ValueError("soft targets need one entry per image, masks and num_classes")
+        if soft is not None and (len(soft.paths) != len(images) or masks is None or soft.num_classes < 1):
+            raise ValueError("soft targets need one entry per image, masks and a class count")
         self.images, self.masks, self.transform = list(images), masks and list(masks), transform
-        self.crop, self.cache = crop, cache
-        self.soft, self.num_classes = (list(soft) if soft is not None else None), num_classes
+        self.crop, self.cache, self.soft = crop, cache, soft
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if preload:
             self._cache = [self._read(i) for i in range(len(self.images))]
@@ -129,14 +136,14 @@ class SegDataset(Dataset):
 
     def _soft(self, i: int, shape: tuple[int, ...]) -> np.ndarray | None:
         """Image ``i``'s teacher probabilities as (H, W, C) uint8, or ``None`` (a labelled image, or none at all)."""
-        path = self.soft[i] if self.soft is not None else None
+        path = self.soft.paths[i] if self.soft is not None else None
         if path is None:
             return None
-        soft = read_npy(path)
-        if soft.dtype != np.uint8 or soft.shape != (self.num_classes, *shape):
+        soft, want = read_npy(path), (self.soft.num_classes, *shape)  # type: ignore[union-attr]
+        if soft.dtype != np.uint8 or soft.shape != want:
             raise UserError(
-                f"{path}: teacher probabilities are {soft.dtype} {soft.shape}, expected uint8 "
-                f"{(self.num_classes, *shape)} for {self.images[i]}; run the pseudo stage again (dvc repro pseudo)"
+                f"{path}: teacher probabilities are {soft.dtype} {soft.shape}, expected uint8 {want} for "
+                f"{self.images[i]}; run the pseudo stage again (dvc repro pseudo)"
             )
         return soft.transpose(1, 2, 0)
 
@@ -159,7 +166,7 @@ class SegDataset(Dataset):
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
         if self.soft is not None:
-            zeros = torch.zeros(self.num_classes, *item["mask"].shape, dtype=torch.uint8)
+            zeros = torch.zeros(self.soft.num_classes, *item["mask"].shape, dtype=torch.uint8)
             item["soft"] = (
                 torch.from_numpy(np.ascontiguousarray(soft.transpose(2, 0, 1))) if soft is not None else zeros
             )

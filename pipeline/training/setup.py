@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from pipeline.config import ModelConfig
 from pipeline.data.cache import Storage
-from pipeline.data.dataset import SegDataset, build_transform
+from pipeline.data.dataset import SegDataset, SoftPaths, build_transform
 from pipeline.data.folds import FoldSplit
 from pipeline.data.paste import PastedDataset, PasteSampler
 from pipeline.data.sampling import CropSampler, Extra, foreground_points
@@ -74,6 +74,7 @@ def sampled_data(
     then a :class:`CropSampler` seeded from (seed, epoch)."""
     rec, ddp = cfg.recipe, ctx.ddp
     crop = cfg.input_size if cfg.resize == "pad" else None  # resize: the whole image is the sample
+    soft = split.soft_targets() if rec.pseudo_soft else None  # pseudo.soft: the teacher's probabilities
     train_ds = SegDataset(
         split.train_images,
         split.train_masks,
@@ -81,8 +82,7 @@ def sampled_data(
         preload=storage.preload,
         crop=crop,
         cache=storage.cache,
-        soft=split.soft_targets() if rec.pseudo_soft else None,
-        num_classes=len(ctx.classes),
+        soft=SoftPaths(soft, len(ctx.classes)) if soft is not None else None,
     )
     split_extra = split.extra > 0 and (rec.pseudo_share is not None or rec.pseudo_pretrain > 0)
     if rec.samples_per_epoch is None and rec.foreground_share == 0.0 and not split_extra:

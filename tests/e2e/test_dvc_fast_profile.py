@@ -94,9 +94,9 @@ def test_repeats_over_seeds_through_dvc_exp_run(fast_run: tuple[Path, str]) -> N
     assert yaml.safe_load((root / "params.yaml").read_text())["train"]["seed"] == 1  # the workspace: the last seed
     seeds = {s: json.loads((root / "metrics" / "ablation" / f"seed{s}.json").read_text()) for s in (0, 1)}
     rows = {s: {r["row"]: r for r in seeds[s]["rows"]} for s in (0, 1)}
-    assert list(rows[0]) == ["single", "folds", "tta", "pseudo", "postprocess"]
-    # the postprocess row (the pseudo row with the rules fitted on OOF) is the `dvc repro` submission of its seed,
-    # scored again: seed 0's equals the first infer stage's, seed 1's the infer stage's of the seed-1 run
+    assert list(rows[0]) == ["single", "folds", "tta", "pseudo", "round", "postprocess"]
+    # the postprocess row (the round chosen on OOF, with the rules fitted on OOF) is the `dvc repro` submission of
+    # its seed, scored again: seed 0's equals the first infer stage's, seed 1's the infer stage's of the seed-1 run
     assert rows[0]["postprocess"]["lb_mIoU"] == pytest.approx(seed0_lb, abs=1e-12)
     seed1_lb = json.loads((root / "metrics" / "infer.json").read_text())["leaderboard"]["mIoU"]
     assert rows[1]["postprocess"]["lb_mIoU"] == pytest.approx(seed1_lb, abs=1e-12)
@@ -146,7 +146,9 @@ def test_a_budget_too_small_for_every_fold_trains_fewer_and_every_stage_follows(
     assert "round 1 fold 1 skipped" in out
     assert sorted(p.name for p in (root / "work" / "r1" / "pseudo").iterdir()) == ["fold0"]
     infer = json.loads((root / "metrics" / "infer.json").read_text())
-    assert infer["members"] == [{"model": "auto", "fold": 0, "round": 2}] and infer["folds"] == [0]
+    # infer.round: auto chose among the rounds on fold 0's OOF alone, and ensembles that round's fold 0
+    chosen = infer["round_choice"]["chosen"]
+    assert infer["members"] == [{"model": "auto", "fold": 0, "round": chosen}] and infer["folds"] == [0]
     comp = root / "data" / "competition"
     df = read_submission_csv(root / "submissions" / "submission.csv")
     assert validate_submission(df, comp / "sample_submission.csv", shapes_from_coco(comp / "test.json")) == []

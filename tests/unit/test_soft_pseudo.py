@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import LossTerm
-from pipeline.data.dataset import SegDataset
+from pipeline.data.dataset import SegDataset, SoftPaths
 from pipeline.data.folds import FoldSplit
 from pipeline.data.paste import paste
 from pipeline.errors import UserError
@@ -116,7 +116,7 @@ def test_dataset_moves_soft_targets_with_the_mask(tmp_path: Path) -> None:
         [A.HorizontalFlip(p=1), A.PadIfNeeded(8, 10, position="top_left", border_mode=0, fill=0, fill_mask=IGNORE)],
         additional_targets={"soft": "mask"},
     )
-    ds = SegDataset([i0, i1], [m0, m1], tf, preload=True, soft=[None, PseudoSetFiles.soft_for(m1)], num_classes=C)
+    ds = SegDataset([i0, i1], [m0, m1], tf, preload=True, soft=SoftPaths([None, PseudoSetFiles.soft_for(m1)], C))
     labelled, pseudo = ds[0], ds[1]
     assert not labelled["soft_row"] and pseudo["soft_row"]
     assert torch.equal(labelled["soft"], torch.zeros(C, 8, 10, dtype=torch.uint8))
@@ -131,7 +131,7 @@ def test_dataset_moves_soft_targets_with_the_mask(tmp_path: Path) -> None:
 def test_dataset_refuses_probabilities_of_another_shape(tmp_path: Path) -> None:
     i0, m0 = write_pair(tmp_path, "a", np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5), np.uint8))
     write_npy(PseudoSetFiles.soft_for(m0), np.zeros((C, 4, 4), np.uint8))
-    ds = SegDataset([i0], [m0], None, preload=False, soft=[PseudoSetFiles.soft_for(m0)], num_classes=C)
+    ds = SegDataset([i0], [m0], None, preload=False, soft=SoftPaths([PseudoSetFiles.soft_for(m0)], C))
     with pytest.raises(
         UserError, match=r"a\.soft\.npy: .* uint8 \(3, 4, 4\), expected uint8 \(3, 4, 5\) .*dvc repro pseudo"
     ):
