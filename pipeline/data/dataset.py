@@ -136,10 +136,10 @@ class SegDataset(Dataset):
 
     def _soft(self, i: int, shape: tuple[int, ...]) -> np.ndarray | None:
         """Image ``i``'s teacher probabilities as (H, W, C) uint8, or ``None`` (a labelled image, or none at all)."""
-        path = self.soft.paths[i] if self.soft is not None else None
-        if path is None:
+        if self.soft is None or self.soft.paths[i] is None:
             return None
-        soft, want = read_npy(path), (self.soft.num_classes, *shape)  # type: ignore[union-attr]
+        path = self.soft.paths[i]
+        soft, want = read_npy(path), (self.soft.num_classes, *shape)
         if soft.dtype != np.uint8 or soft.shape != want:
             raise UserError(
                 f"{path}: teacher probabilities are {soft.dtype} {soft.shape}, expected uint8 {want} for "
