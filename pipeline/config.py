@@ -233,7 +233,9 @@ class DemoParams:
 @dataclasses.dataclass(frozen=True)
 class MasksParams:
     crowd: Literal["class", "ignore"] = "class"  # iscrowd regions: paint as their class, or as ignore (255)
-    overlap: Literal["larger_first", "smaller_first", "annotation_order"] = "larger_first"
+    # which class an overlapped pixel keeps (one class a pixel); multilabel: every class (pipeline/labels.py: a bit
+    # field, at most 7 classes)
+    overlap: Literal["larger_first", "smaller_first", "annotation_order", "multilabel"] = "larger_first"
     workers: int = 2
 
 

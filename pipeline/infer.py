@@ -159,13 +159,15 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
     """Stream the test set through the planned ensemble into the submission at ``out``; return the image count."""
     p = rt.p
     tests = test_set(params, images_dir)
+    ml = loaded.multilabel
     groups = [
-        GroupForward(list(by_fold.values()), plan.ttas[n], p.space, plan.temps.get(n, 1.0), p.batched_tta)
+        GroupForward(list(by_fold.values()), plan.ttas[n], p.space, plan.temps.get(n, 1.0), p.batched_tta, ml)
         for n, by_fold in loaded.groups.items()
     ]
-    ensemble = EnsembleForward(groups, plan.weights, p.space).to(rt.device)
+    ensemble = EnsembleForward(groups, plan.weights, p.space, ml).to(rt.device)
     sample = params.data.sample_submission_path
-    writer = SubmissionWriter(loaded.classes, fmt, sample=sample if sample.is_file() and images_dir is None else None)
+    sample = sample if sample.is_file() and images_dir is None else None
+    writer = SubmissionWriter(loaded.classes, fmt, sample=sample, multilabel=ml)
     ds = SegDataset(tests.paths, None, None, preload=False)
     overlay_n = p.overlays if overlays is None else overlays
     layout.overlays_dir.mkdir(parents=True, exist_ok=True)  # an output of the infer stage: there even with no overlays
@@ -175,8 +177,9 @@ def predict_test(  # noqa: PLR0913 - run_ensemble's second half: every argument 
     # out of memory: one line naming the infer key to lower, below the bar (closed first, on the way out)
     with rt.memory("infer: predicting the test images"), bar:
         for idx, logp in batches:
-            # (B, H, W) class indices at original size: the argmax, or over the binary threshold fitted on OOF
-            pred = decide(logp.exp(), plan.threshold).to(torch.uint8).cpu().numpy()
+            # (B, H, W) class indices at original size: the argmax, or over the binary threshold fitted on OOF (a
+            # multilabel ensemble: the bit field of each class's sigmoid over 0.5)
+            pred = decide(rt.probabilities(logp), plan.threshold, ml).to(torch.uint8).cpu().numpy()
             for j, i in enumerate(idx.tolist()):
                 mask = apply_postprocess(pred[j], plan.postprocess)  # the rules fitted on OOF (none: unchanged)
                 writer.add(fmt.image_key(tests.ids[i], tests.file_names[i]), mask)

@@ -8,7 +8,9 @@ of scoring against the wrong truth. The submission is decoded by :mod:`pipeline.
 format params that wrote it, in every layout (per_class, single-class, combined key, per_image, and dense when
 ``dense_size`` is the image size); its class labels are matched to the truth's classes by name (or index, per
 ``class_value``). Scores: mIoU over all classes (background included, dataset convention), per-class IoU and
-accuracy, pixel accuracy, and Boundary IoU (see :mod:`pipeline.metrics`).
+accuracy, pixel accuracy, and Boundary IoU (see :mod:`pipeline.metrics`). A truth whose record says ``multilabel``
+holds bit fields (:mod:`pipeline.labels`): the rows of each class decode into its own bit and every class is scored
+as its own binary problem.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import DEFAULT_PARAMS, Params, load_params
-from pipeline.data.truth import truth_mismatch
+from pipeline.data.truth import truth_mismatch, truth_multilabel
 from pipeline.errors import UserError, run_cli
 from pipeline.io import read_json, read_mask, write_json
-from pipeline.metrics import BoundaryIoU, ConfusionMatrix, score_matrices, summarize
+from pipeline.metrics import BoundaryIoU, counter, score_matrices, summarize
 from pipeline.paths import TruthFiles
 from pipeline.submission.codec import decode_frame, read_submission_csv
 from pipeline.submission.format import SubmissionFormat, submission_format
@@ -32,9 +34,10 @@ from pipeline.submission.validate import validate_submission
 
 
 def decode_submission(
-    csv_path: Path, test_json: Path, fmt: SubmissionFormat, classes: list[dict[str, Any]]
+    csv_path: Path, test_json: Path, fmt: SubmissionFormat, classes: list[dict[str, Any]], multilabel: bool = False
 ) -> dict[str, np.ndarray]:
-    """``{file stem: (H, W) uint8 class mask}`` of every test image, decoded from a checked submission."""
+    """``{file stem: (H, W) uint8 class mask}`` of every test image, decoded from a checked submission
+    (``multilabel``: bit fields, every class's rows kept)."""
     images = read_json(test_json)["images"]
     df = read_submission_csv(csv_path)
     shapes = {fmt.image_key(im["id"], im["file_name"]): (int(im["height"]), int(im["width"])) for im in images}
@@ -43,7 +46,7 @@ def decode_submission(
         raise UserError(f"{csv_path}: not a valid submission: {'; '.join(problems[:5])}")
     stem = {fmt.image_key(im["id"], im["file_name"]): Path(im["file_name"]).stem for im in images}
     label_to_index = {fmt.class_label(c["index"], c["name"]): c["index"] for c in classes if c["index"] != 0}
-    masks = decode_frame(df, fmt, shapes, label_to_index, str(csv_path))
+    masks = decode_frame(df, fmt, shapes, label_to_index, str(csv_path), multilabel)
     return {stem[k]: v for k, v in masks.items()}
 
 
@@ -62,8 +65,9 @@ def score_submission(
         raise UserError(f"no truth for this competition: {reason}")
     truth_files = TruthFiles(truth_dir)
     classes = read_json(truth_files.classes_json)
-    preds = decode_submission(csv_path, test_json, fmt, classes)
-    cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
+    multilabel = truth_multilabel(truth_dir)  # bit-field truth: each class its own binary problem
+    preds = decode_submission(csv_path, test_json, fmt, classes, multilabel)
+    cm, biou = counter(len(classes), multilabel, per_image=True), BoundaryIoU(len(classes), multilabel=multilabel)
     for stem, pred in tqdm(preds.items(), desc="score", unit="img", mininterval=1.0, leave=False):
         truth = read_mask(truth_files.mask(stem))
         if truth.shape != pred.shape:

@@ -1,4 +1,5 @@
-"""Losses from config: weighted sums of SMP's multiclass losses and cross-entropy, all honouring ignore (255)."""
+"""Losses from config: weighted sums of SMP's multiclass losses and cross-entropy, all honouring ignore (255); on
+multilabel masks (:mod:`pipeline.labels`) per-class binary cross-entropy and SMP's multilabel losses."""
 
 from __future__ import annotations
 
@@ -12,14 +13,50 @@ from torch import nn
 
 from pipeline.config import LossTerm, ModelConfig
 from pipeline.errors import UserError
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import IGNORE_INDEX, planes
 from pipeline.models.registry import WithPresence
 from pipeline.models.sides import side_weights
 
 
-def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Module:
+class MultilabelBCE(nn.Module):
+    """Binary cross-entropy of each class's own logit against its plane of a multilabel mask (plane 0: no class),
+    averaged over the (pixel, class) pairs of non-ignore pixels; ``class_weights`` scale each class's term."""
+
+    def __init__(self, class_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", w)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        c = logits.shape[1]
+        ok = (target != IGNORE_INDEX).unsqueeze(1)  # (B, 1, H, W)
+        bce = F.binary_cross_entropy_with_logits(logits, planes(target, c).float(), reduction="none")
+        if self.class_weights is not None:
+            bce = bce * self.class_weights.view(1, -1, 1, 1)
+        return (bce * ok).sum() / (ok.sum() * c).clamp_min(1)
+
+
+class OnPlanes(nn.Module):
+    """An SMP loss in its ``multilabel`` mode, fed a multilabel mask as (B, C, H, W) planes with 255 on every plane
+    of an ignore pixel (SMP's own ignore handling)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = planes(target, logits.shape[1]).long()
+        p = p.masked_fill((target == IGNORE_INDEX).unsqueeze(1), IGNORE_INDEX)
+        return self.loss(logits, p)
+
+
+def make_term(term: LossTerm, class_weights: Sequence[float] | None, multilabel: bool = False) -> nn.Module:
+    """One loss term; ``multilabel``: on bit-field masks, each class its own binary problem (``ce`` is then
+    :class:`MultilabelBCE`, the SMP losses run in their multilabel mode)."""
     kw = dict(term.kwargs)
     try:
+        if term.name == "ce" and multilabel:
+            return MultilabelBCE(class_weights, **kw)
         if term.name == "ce":
             weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
             return nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE_INDEX, **kw)
@@ -29,6 +66,8 @@ def make_term(term: LossTerm, class_weights: Sequence[float] | None) -> nn.Modul
             "focal": smp.losses.FocalLoss,
             "jaccard": smp.losses.JaccardLoss,
         }[term.name]
+        if multilabel:
+            return OnPlanes(cls(mode="multilabel", ignore_index=IGNORE_INDEX, **kw))
         return cls(mode="multiclass", ignore_index=IGNORE_INDEX, **kw)
     except TypeError as e:
         raise UserError(f"loss {term.name}: bad kwargs {kw}: {e}") from None
@@ -79,28 +118,30 @@ class WeightedLoss(nn.Module):
         class_weights: Sequence[float] | None = None,
         presence_weight: float = 0.0,
         side_weight: float | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         if not terms:
             raise UserError("recipe.loss: at least one loss term is needed")
         self.weights = [t.weight for t in terms]
-        self.terms = nn.ModuleList(make_term(t, class_weights) for t in terms)
+        self.terms = nn.ModuleList(make_term(t, class_weights, multilabel) for t in terms)
         self.presence_weight = presence_weight
         self.side_weight = side_weight
+        self.multilabel = multilabel
 
     @classmethod
-    def for_config(cls, cfg: ModelConfig) -> WeightedLoss:
-        """The loss ``cfg`` trains with: its recipe's terms and class weights, its presence and side heads' weights."""
+    def for_config(cls, cfg: ModelConfig, multilabel: bool = False) -> WeightedLoss:
+        """The loss ``cfg`` trains with: its recipe's terms and class weights, its presence and side heads' weights
+        (``multilabel``: on bit-field masks)."""
         sides = cfg.deep_supervision or None
-        return cls(cfg.recipe.loss, cfg.recipe.class_weights, cfg.presence_head, sides)
+        return cls(cfg.recipe.loss, cfg.recipe.class_weights, cfg.presence_head, sides, multilabel)
 
     def forward(
         self, logits: torch.Tensor | tuple[torch.Tensor, ...] | WithPresence, target: torch.Tensor | SoftTarget
     ) -> torch.Tensor:
         if isinstance(logits, WithPresence):
-            presence = F.binary_cross_entropy_with_logits(
-                logits.presence.float(), presence_target(labels(target), logits.presence.shape[1])
-            )
+            held = presence_target(labels(target), logits.presence.shape[1], self.multilabel)
+            presence = F.binary_cross_entropy_with_logits(logits.presence.float(), held)
             return self.forward(logits.logits, target) + self.presence_weight * presence
         if isinstance(logits, tuple) and self.side_weight is not None:  # decoder sides: the output, then w x sides
             sides = sum(a * self.forward(z, target) for a, z in zip(side_weights(len(logits) - 1), logits[1:]))
@@ -109,6 +150,8 @@ class WeightedLoss(nn.Module):
             return sum(self.forward(z, target) for z in logits)  # type: ignore[return-value]
         logits = logits.float()  # losses in float32 even under autocast
         if isinstance(target, SoftTarget):
+            if self.multilabel:
+                raise UserError("pseudo.soft: soft pseudo-labels are for class maps, not multilabel masks; set false")
             return self._mixed(logits, target)
         return sum(w * term(logits, target) for w, term in zip(self.weights, self.terms))  # type: ignore[return-value]
 
@@ -125,12 +168,17 @@ class WeightedLoss(nn.Module):
         return (n_hard * self.forward(logits, hard) + n_soft * soft_loss) / (n_hard + n_soft)
 
 
-def presence_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, num_classes) float: 1 where the (B, H, W) target holds the class (ignore, 255, never counts).
+def presence_target(target: torch.Tensor, num_classes: int, multilabel: bool = False) -> torch.Tensor:
+    """(B, num_classes) float: 1 where the (B, H, W) target holds the class (ignore, 255, never counts; a multilabel
+    mask holds each class of its bits, and "no class" where a pixel has none).
 
     >>> presence_target(torch.tensor([[[0, 2], [255, 2]], [[1, 1], [1, 1]]]), 3).tolist()
     [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    >>> presence_target(torch.tensor([[[3, 1]]]), 3, multilabel=True).tolist()
+    [[0.0, 1.0, 1.0]]
     """
+    if multilabel:
+        return planes(target, num_classes).flatten(2).any(-1).float()
     t = target.flatten(1).long()
     t = torch.where(t == IGNORE_INDEX, torch.full_like(t, num_classes), t)
     present = torch.zeros(t.shape[0], num_classes + 1, device=t.device).scatter_(1, t, 1.0)

@@ -29,13 +29,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import torch
 
 from pipeline.errors import UserError
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import IGNORE_INDEX, check_multilabel_classes, planes
 
 ArrayLike: TypeAlias = np.ndarray | torch.Tensor
 
@@ -287,17 +287,129 @@ class ConfusionMatrix:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Multilabel: one binary problem per class (pipeline/labels.py: bit-field masks)
+
+
+def _check_bits(x: torch.Tensor, num_classes: int, name: str, ignore: bool) -> None:
+    """Every value of a multilabel mask holds only the bits of classes 1..C-1 (or is the ignore index)."""
+    if x.numel() == 0:
+        return
+    held = x.long()
+    if ignore:
+        held = torch.where(held == IGNORE_INDEX, 0, held)
+    hi = int(held.max())
+    if int(held.min()) < 0 or hi >> (num_classes - 1):
+        raise UserError(
+            f"{name} holds multilabel value {hi}, which sets a bit past the {num_classes - 1} classes (bits 0.."
+            f"{num_classes - 2}){' or is the ignore index' if not ignore else ''}; check num_classes and that the "
+            "masks were made with masks.overlap: multilabel"
+        )
+
+
+def multilabel_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, per_image: bool = False) -> torch.Tensor:
+    """One-vs-rest 2 x 2 matrices of multilabel masks, one per class: ``[[TN, FP], [FN, TP]]`` (rows = truth).
+
+    Class 0 is "no class" (a pixel holding no bit), classes 1..C-1 their bits (:mod:`pipeline.labels`); a pixel
+    whose truth is the ignore index never counts. Returns int64 (1, C, 2, 2), or (B, C, 2, 2) with ``per_image``:
+    always four dimensions, which is how the scores below tell a multilabel stack from a confusion matrix.
+
+    Worked example (C = 3, one image of 3 pixels: truth {1}, {1, 2}, ignore; prediction {1, 2}, {1}, {}):
+    class 1 has TP 2; class 2 has FP 1 and FN 1; no class has TN 2.
+
+    >>> m = multilabel_matrix(np.array([[3, 1, 0]]), np.array([[1, 3, 255]]), 3)
+    >>> m[0].tolist()
+    [[[2, 0], [0, 0]], [[0, 0], [0, 2]], [[0, 1], [1, 0]]]
+    """
+    p, t = _as_pair(pred, target)  # (B, H, W)
+    _check_bits(p, num_classes, "pred", ignore=False)
+    _check_bits(t, num_classes, "target", ignore=True)
+    ok = (t != IGNORE_INDEX).unsqueeze(1)  # (B, 1, H, W)
+    pp, tt = planes(p, num_classes) & ok, planes(t, num_classes)  # (B, C, H, W); truth planes leave ignore out
+    n = ok.sum(dim=(-2, -1)).expand(-1, num_classes)  # (B, C)
+    tp = (pp & tt).sum(dim=(-2, -1))
+    fn, fp = tt.sum(dim=(-2, -1)) - tp, pp.sum(dim=(-2, -1)) - tp
+    m = torch.stack([torch.stack([n - tp - fp - fn, fp], -1), torch.stack([fn, tp], -1)], -2).long()
+    return m if per_image else m.sum(dim=0, keepdim=True)
+
+
+class MultilabelMatrix:
+    """Streaming one-vs-rest matrices of multilabel masks (:func:`multilabel_matrix`), with the interface of
+    :class:`ConfusionMatrix`: ``update``, ``merge``, ``matrix`` ((1, C, 2, 2)), ``image_matrices`` ((N, C, 2, 2))."""
+
+    def __init__(self, num_classes: int, per_image: bool = False) -> None:
+        _check_num_classes(num_classes, IGNORE_INDEX)
+        check_multilabel_classes(num_classes - 1, "MultilabelMatrix")
+        self.num_classes, self.per_image, self.ignore_index = num_classes, per_image, IGNORE_INDEX
+        self._total = torch.zeros((1, num_classes, 2, 2), dtype=torch.int64)
+        self._images: list[torch.Tensor] = []
+
+    def update(self, pred: ArrayLike, target: ArrayLike) -> None:
+        """Add a batch: (H, W) or (B, H, W) multilabel masks."""
+        m = multilabel_matrix(pred, target, self.num_classes, per_image=True).cpu()
+        if self.per_image:
+            self._images.append(m)
+        self._total += m.sum(dim=0, keepdim=True)
+
+    def merge(self, other: MultilabelMatrix) -> MultilabelMatrix:
+        if (other.num_classes, other.per_image) != (self.num_classes, self.per_image):
+            raise ValueError(f"cannot merge multilabel matrices of {self!r} and {other!r}")
+        out = MultilabelMatrix(self.num_classes, self.per_image)
+        out._total = self._total + other._total
+        out._images = self._images + other._images
+        return out
+
+    __add__ = merge
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._total.numpy().copy()
+
+    @property
+    def image_matrices(self) -> np.ndarray:
+        if not self.per_image:
+            raise ValueError("per-image matrices are kept only with MultilabelMatrix(..., per_image=True)")
+        if not self._images:
+            return np.zeros((0, self.num_classes, 2, 2), dtype=np.int64)
+        return torch.cat(self._images).numpy()
+
+    def __repr__(self) -> str:
+        return f"MultilabelMatrix(num_classes={self.num_classes}, pixels={int(self._total[0, 0].sum())})"
+
+
+def counter(num_classes: int, multilabel: bool = False, per_image: bool = False) -> ConfusionMatrix | MultilabelMatrix:
+    """The accumulator that scores class maps (:class:`ConfusionMatrix`) or multilabel masks."""
+    return MultilabelMatrix(num_classes, per_image) if multilabel else ConfusionMatrix(num_classes, per_image=per_image)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Scores from a confusion matrix: pure numpy, (..., C, C) in, (..., C) out before any averaging over images
 
 
-def _as_matrix(matrix: ArrayLike | ConfusionMatrix, per_image: bool) -> np.ndarray:
-    """(C, C) for dataset scores, (N, C, C) for per-image scores, as float64."""
-    if isinstance(matrix, ConfusionMatrix):
+Matrix: TypeAlias = "ArrayLike | ConfusionMatrix | MultilabelMatrix"
+
+
+class _Stats(NamedTuple):
+    """What every score is made of, per class (..., C): true positives, truth and prediction sizes; and per matrix
+    (...,): the decisions right and counted (pixels; a multilabel stack: (pixel, class) pairs)."""
+
+    tp: np.ndarray
+    truth: np.ndarray
+    pred: np.ndarray
+    correct: np.ndarray
+    total: np.ndarray
+
+
+def _as_matrix(matrix: Matrix, per_image: bool) -> np.ndarray:
+    """(C, C) for dataset scores, (N, C, C) for per-image scores, as float64; a multilabel stack (N, C, 2, 2) stays
+    four-dimensional: (1, C, 2, 2) summed, or (N, C, 2, 2) per image."""
+    if isinstance(matrix, (ConfusionMatrix, MultilabelMatrix)):
         m = matrix.image_matrices if per_image else matrix.matrix
     elif isinstance(matrix, torch.Tensor):
         m = matrix.detach().cpu().numpy()
     else:
         m = np.asarray(matrix)
+    if m.ndim == 4 and m.shape[-2:] == (2, 2):
+        return (m if per_image else m.sum(axis=0, keepdims=True)).astype(np.float64)
     if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
         raise ValueError(f"a confusion matrix has shape (C, C) or (N, C, C), got {m.shape}")
     if per_image:
@@ -305,6 +417,20 @@ def _as_matrix(matrix: ArrayLike | ConfusionMatrix, per_image: bool) -> np.ndarr
             raise ValueError(f"per-image scores need an (N, C, C) stack of matrices, got shape {m.shape}")
         return m.astype(np.float64)
     return m.reshape(-1, *m.shape[-2:]).sum(axis=0).astype(np.float64)
+
+
+def _stats(matrix: Matrix, per_image: bool) -> _Stats:
+    """:class:`_Stats` of a confusion matrix or a multilabel stack: (N, C) per image, (C,) summed."""
+    m = _as_matrix(matrix, per_image)
+    if m.ndim == 4:  # multilabel: [[TN, FP], [FN, TP]] per class
+        tp = m[..., 1, 1]
+        truth, pred = m[..., 1, 0] + tp, m[..., 0, 1] + tp
+        correct, total = (m[..., 0, 0] + tp).sum(-1), m.sum(axis=(-2, -1)).sum(-1)
+        if not per_image:
+            return _Stats(tp[0], truth[0], pred[0], correct[0], total[0])
+        return _Stats(tp, truth, pred, correct, total)
+    tp = np.diagonal(m, axis1=-2, axis2=-1)
+    return _Stats(tp, m.sum(axis=-1), m.sum(axis=-2), np.trace(m, axis1=-2, axis2=-1), m.sum(axis=(-2, -1)))
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -327,7 +453,7 @@ def _reduce(scores: np.ndarray, per_image: bool) -> np.ndarray:
     return nanmean(scores, axis=0) if per_image else scores
 
 
-def class_iou(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> np.ndarray:
+def class_iou(matrix: Matrix, per_image: bool = False) -> np.ndarray:
     """Per-class IoU = TP / (TP + FP + FN), (C,) float64; NaN for a class absent from truth and prediction.
 
     Args:
@@ -335,67 +461,64 @@ def class_iou(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> n
         per_image: score each image of an (N, C, C) stack, then average each class over the images where it has a
             score.
     """
-    m = _as_matrix(matrix, per_image)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    union = m.sum(axis=-1) + m.sum(axis=-2) - tp
-    return _reduce(_divide(tp, union), per_image)
+    st = _stats(matrix, per_image)
+    return _reduce(_divide(st.tp, st.truth + st.pred - st.tp), per_image)
 
 
-def class_accuracy(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> np.ndarray:
+def class_accuracy(matrix: Matrix, per_image: bool = False) -> np.ndarray:
     """Per-class accuracy (recall) = TP / (TP + FN), (C,) float64; NaN for a class absent from the truth.
 
     Args:
         matrix: as in :func:`class_iou`.
         per_image: as in :func:`class_iou`.
     """
-    m = _as_matrix(matrix, per_image)
-    return _reduce(_divide(np.diagonal(m, axis1=-2, axis2=-1), m.sum(axis=-1)), per_image)
+    st = _stats(matrix, per_image)
+    return _reduce(_divide(st.tp, st.truth), per_image)
 
 
-def class_dice(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> np.ndarray:
+def class_dice(matrix: Matrix, per_image: bool = False) -> np.ndarray:
     """Per-class Dice (F1) = 2 TP / (2 TP + FP + FN), (C,) float64; NaN for a class absent from truth and prediction.
 
     Args:
         matrix: as in :func:`class_iou`.
         per_image: as in :func:`class_iou`.
     """
-    m = _as_matrix(matrix, per_image)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    return _reduce(_divide(2 * tp, m.sum(axis=-1) + m.sum(axis=-2)), per_image)
+    st = _stats(matrix, per_image)
+    return _reduce(_divide(2 * st.tp, st.truth + st.pred), per_image)
 
 
-def pixel_accuracy(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> float:
-    """aAcc: correctly labelled pixels / counted pixels; NaN with no counted pixels.
+def pixel_accuracy(matrix: Matrix, per_image: bool = False) -> float:
+    """aAcc: correctly labelled pixels / counted pixels; NaN with no counted pixels (a multilabel stack: the share
+    of (pixel, class) decisions right, "no class" among them).
 
     Args:
         matrix: as in :func:`class_iou`.
         per_image: mean over images of each image's pixel accuracy (images with no counted pixels are skipped).
     """
-    m = _as_matrix(matrix, per_image)
-    acc = _divide(np.trace(m, axis1=-2, axis2=-1), m.sum(axis=(-2, -1)))
+    st = _stats(matrix, per_image)
+    acc = _divide(st.correct, st.total)
     return nanmean(acc) if per_image else float(acc)
 
 
-def mean_iou(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> float:
+def mean_iou(matrix: Matrix, per_image: bool = False) -> float:
     """mIoU: mean of :func:`class_iou` over the classes that have a score."""
     return nanmean(class_iou(matrix, per_image))
 
 
-def mean_accuracy(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> float:
+def mean_accuracy(matrix: Matrix, per_image: bool = False) -> float:
     """mAcc: mean of :func:`class_accuracy` over the classes that have a score."""
     return nanmean(class_accuracy(matrix, per_image))
 
 
-def mean_dice(matrix: ArrayLike | ConfusionMatrix, per_image: bool = False) -> float:
+def mean_dice(matrix: Matrix, per_image: bool = False) -> float:
     """mDice: mean of :func:`class_dice` over the classes that have a score."""
     return nanmean(class_dice(matrix, per_image))
 
 
 def image_miou(matrices: ArrayLike) -> np.ndarray:
-    """mIoU of each image on its own: (N, C, C) -> (N,); NaN for an image with no counted pixels."""
-    m = _as_matrix(matrices, per_image=True)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    return np.asarray(nanmean(_divide(tp, m.sum(axis=-1) + m.sum(axis=-2) - tp), axis=1), dtype=np.float64)
+    """mIoU of each image on its own: (N, C, C) (or (N, C, 2, 2)) -> (N,); NaN for an image with no counted pixels."""
+    st = _stats(matrices, per_image=True)
+    return np.asarray(nanmean(_divide(st.tp, st.truth + st.pred - st.tp), axis=1), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -423,12 +546,12 @@ def image_dice(matrices: ArrayLike) -> np.ndarray:
     >>> round(float(image_dice(m)[0]), 6)
     0.833333
     """
-    m = _as_matrix(matrices, per_image=True)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)[:, 1:]  # (N, C-1)
-    size = (m.sum(axis=-1) + m.sum(axis=-2))[:, 1:]  # |T| + |P| per foreground class
+    st = _stats(matrices, per_image=True)
+    tp = st.tp[:, 1:]  # (N, C-1)
+    size = (st.truth + st.pred)[:, 1:]  # |T| + |P| per foreground class
     dice = np.where(size > 0, 2 * tp / np.maximum(size, 1), 1.0)
-    out = np.asarray(nanmean(dice, axis=1) if dice.shape[1] else np.full(len(m), np.nan), dtype=np.float64)
-    out[m.sum(axis=(-2, -1)) == 0] = np.nan
+    out = np.asarray(nanmean(dice, axis=1) if dice.shape[1] else np.full(len(tp), np.nan), dtype=np.float64)
+    out[st.total == 0] = np.nan
     return out
 
 
@@ -476,7 +599,7 @@ def score_matrices(name: str, matrices: ArrayLike) -> float:
     check_metric(name)
     m = _as_matrix(matrices, per_image=True)
     if name == "miou":
-        return float(mean_iou(m.sum(axis=0)))
+        return float(mean_iou(m.sum(axis=0, keepdims=m.ndim == 4)))
     return float(nanmean(image_scores(name, m)))
 
 
@@ -594,6 +717,36 @@ def boundary_counts(
     return inter, union
 
 
+def multilabel_boundary_counts(
+    pred: ArrayLike, target: ArrayLike, num_classes: int, dilation_ratio: float = 0.02
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`boundary_counts` of multilabel masks: each class (0: no class) as its own binary mask, its band the
+    pixels of the plane within d of its outside or the border; ignore pixels never count and the prediction there
+    is taken as the truth's planes (none). Returns (intersection, union), each (C,) int64.
+
+    >>> t = np.zeros((1, 9, 9), np.int64); t[0, 2:7, 2:7] = 3  # a 5x5 square of classes 1 and 2
+    >>> p = t.copy(); p[0, 2:7, 2:7] = 1  # class 1 right, class 2 missed
+    >>> [x.tolist() for x in multilabel_boundary_counts(p, t, 3)]
+    [[56, 16, 0], [56, 16, 16]]
+    """
+    p, t = _as_pair(pred, target)
+    _check_bits(p, num_classes, "pred", ignore=False)
+    _check_bits(t, num_classes, "target", ignore=True)
+    zeros = torch.zeros(num_classes, dtype=torch.int64, device=p.device)
+    if p.numel() == 0:
+        return zeros, zeros.clone()
+    d = boundary_dilation(p.shape[1], p.shape[2], dilation_ratio)
+    ok = t != IGNORE_INDEX
+    pp, tt = planes(torch.where(ok, p.long(), 0), num_classes), planes(t, num_classes)  # (B, C, H, W)
+    inter, union = zeros.clone(), zeros.clone()
+    for c in range(num_classes):
+        t_band = tt[:, c] & label_boundary(tt[:, c], d) & ok
+        p_band = pp[:, c] & label_boundary(pp[:, c], d) & ok
+        inter[c] = (t_band & p_band).sum()
+        union[c] = (t_band | p_band).sum()
+    return inter, union
+
+
 def boundary_iou_scores(intersection: ArrayLike, union: ArrayLike) -> np.ndarray:
     """Per-class Boundary IoU = intersection / union, (C,) float64; NaN where the union is 0."""
     inter = intersection.cpu().numpy() if isinstance(intersection, torch.Tensor) else np.asarray(intersection)
@@ -616,10 +769,17 @@ class BoundaryIoU:
         [nan, 1.0]
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, dilation_ratio: float = 0.02) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        dilation_ratio: float = 0.02,
+        multilabel: bool = False,
+    ) -> None:
         _check_num_classes(num_classes, ignore_index)
         if not dilation_ratio > 0:
             raise UserError(f"dilation_ratio must be > 0, got {dilation_ratio}")
+        self.multilabel = multilabel  # multilabel masks: :func:`multilabel_boundary_counts`
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.dilation_ratio = dilation_ratio
@@ -628,7 +788,10 @@ class BoundaryIoU:
 
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:
         """Add a batch of same-sized images: (H, W) or (B, H, W) integer class indices."""
-        inter, union = boundary_counts(pred, target, self.num_classes, self.ignore_index, self.dilation_ratio)
+        if self.multilabel:
+            inter, union = multilabel_boundary_counts(pred, target, self.num_classes, self.dilation_ratio)
+        else:
+            inter, union = boundary_counts(pred, target, self.num_classes, self.ignore_index, self.dilation_ratio)
         if self._inter is None or self._union is None:
             self._inter, self._union = inter, union
         else:
@@ -637,8 +800,8 @@ class BoundaryIoU:
 
     def merge(self, other: BoundaryIoU) -> BoundaryIoU:
         """A new accumulator holding both."""
-        key = (self.num_classes, self.ignore_index, self.dilation_ratio)
-        if (other.num_classes, other.ignore_index, other.dilation_ratio) != key:
+        key = (self.num_classes, self.ignore_index, self.dilation_ratio, self.multilabel)
+        if (other.num_classes, other.ignore_index, other.dilation_ratio, other.multilabel) != key:
             raise ValueError(f"cannot merge BoundaryIoU with different settings: {key} vs {other!r}")
         out = BoundaryIoU(*key)
         out._inter = torch.as_tensor(self.intersection + other.intersection)
@@ -685,7 +848,7 @@ def _json_float(x: float) -> float | None:
 
 
 def summarize(
-    matrix: ArrayLike | ConfusionMatrix,
+    matrix: Matrix,
     class_names: Sequence[str],
     per_image: bool = False,
     boundary: ArrayLike | BoundaryIoU | None = None,

@@ -23,19 +23,22 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from pipeline.io import read_mask
-from pipeline.metrics import ConfusionMatrix, check_metric, score_matrices
+from pipeline.labels import multilabel_masks
+from pipeline.metrics import check_metric, counter, score_matrices
 from pipeline.paths import Layout
+from pipeline.threshold import decide
 
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageMatrices:
-    """One (C, C) confusion matrix per OOF image (rows = truth), with the image's id and fold."""
+    """One (C, C) confusion matrix per OOF image (rows = truth), with the image's id and fold (multilabel masks:
+    one (C, 2, 2) stack of one-vs-rest matrices per image, :func:`pipeline.metrics.multilabel_matrix`)."""
 
     ids: np.ndarray  # (N,) int64 image ids
     folds: np.ndarray  # (N,) int64 fold whose validation set holds the image
-    matrices: np.ndarray  # (N, C, C) int64
+    matrices: np.ndarray  # (N, C, C) int64, or (N, C, 2, 2)
 
     def take(self, where: np.ndarray) -> ImageMatrices:
         """The images where the (N,) bool ``where`` is true."""
@@ -69,12 +72,14 @@ def image_matrices(
     truth: Callable[[int], np.ndarray],
     fold_of: Mapping[int, int],
     num_classes: int,
+    multilabel: bool = False,
 ) -> ImageMatrices:
-    """Stream (image id, (C, H, W) probabilities or (H, W) class indices) into per-image confusion matrices."""
-    cm = ConfusionMatrix(num_classes, per_image=True)
+    """Stream (image id, (C, H, W) probabilities or (H, W) class indices) into per-image confusion matrices
+    (``multilabel``: bit-field masks, one 2 x 2 matrix per class; probabilities are each class's sigmoid)."""
+    cm = counter(num_classes, multilabel, per_image=True)
     ids = []
     for image_id, p in preds:
-        cm.update(p.argmax(0) if p.ndim == 3 else p, truth(image_id))
+        cm.update(decide(p, None, multilabel) if p.ndim == 3 else p, truth(image_id))
         ids.append(int(image_id))
     id_arr = np.asarray(ids, dtype=np.int64)
     folds = np.asarray([fold_of[i] for i in ids], dtype=np.int64)
@@ -110,7 +115,9 @@ def model_oof(layout: Layout, model: str, folds: Sequence[int], round_: int, num
             fold_of[image_id] = f
             yield image_id, probs
 
-    return image_matrices(stream(), truth_reader(layout), fold_of, num_classes)  # fold_of is filled as it streams
+    multilabel = multilabel_masks(layout.mask_summary)
+    # fold_of is filled as it streams
+    return image_matrices(stream(), truth_reader(layout), fold_of, num_classes, multilabel)
 
 
 # --------------------------------------------------------------------------------------------------------------

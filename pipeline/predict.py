@@ -98,6 +98,11 @@ def autocast(device: torch.device, amp: str, cpu_bf16: bool) -> contextlib.Abstr
     return contextlib.nullcontext()
 
 
+def activate(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """(B, C, H, W) logits -> probabilities: the softmax over C, or (``multilabel``) each class's own sigmoid."""
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
+
+
 @torch.no_grad()
 def iter_logits(
     forward: Callable[[torch.Tensor], torch.Tensor],

@@ -40,8 +40,9 @@ from pipeline.ensemble.members import (
     windowed,
 )
 from pipeline.ensemble.plan import Decision, pseudo_rules
+from pipeline.errors import UserError
 from pipeline.io import atomic_dir, read_json, write_csv, write_json, write_npy, write_png
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import IGNORE_INDEX, class_pixels
 from pipeline.oof import truth_reader
 from pipeline.paths import Layout, PseudoSetFiles
 from pipeline.plan.apply import planned_params
@@ -50,25 +51,41 @@ from pipeline.rounds import PSEUDO_INDEX_COLUMNS, pseudo_round_runs, pseudo_sets
 from pipeline.threshold import decide
 
 
-def confident_mask(probs: np.ndarray, threshold: float, decision: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def confident_mask(
+    probs: np.ndarray, threshold: float, decision: float | None = None, multilabel: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) probabilities -> ((H, W) uint8 class mask with 255 where top prob < threshold, confident (H, W));
-    the class map is :func:`pipeline.threshold.decide`'s with ``decision`` (the binary threshold; None: argmax)."""
-    top = probs.max(0)
-    mask = decide(probs, decision).astype(np.uint8)
+    the class map is :func:`pipeline.threshold.decide`'s with ``decision`` (the binary threshold; None: argmax).
+    ``multilabel`` (per-class sigmoids): the bit field, confident where every class is, its probability or its
+    complement at least ``threshold``.
+
+    >>> p = np.array([[[0.5, 0.5]], [[0.95, 0.6]], [[0.02, 0.03]]])  # no class, class 1, class 2 (two pixels)
+    >>> [a.tolist() for a in confident_mask(p, 0.9, multilabel=True)]
+    [[[1, 255]], [[True, False]]]
+    """
+    if multilabel:
+        top = np.maximum(probs[1:], 1 - probs[1:]).min(0)
+    else:
+        top = probs.max(0)
+    mask = decide(probs, decision, multilabel).astype(np.uint8)
     confident = top >= threshold
     mask[~confident] = IGNORE_INDEX
     return mask, confident
 
 
 def pseudo_label(
-    probs: np.ndarray, threshold: float, rules: dict[int, pp.Rule], decision: float | None = None
+    probs: np.ndarray,
+    threshold: float,
+    rules: dict[int, pp.Rule],
+    decision: float | None = None,
+    multilabel: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One test image's pseudo-label from its (C, H, W) probabilities: the (H, W) uint8 mask (:func:`confident_mask`
     with ``rules`` applied: what they change is labelled as they say, confident), the confident pixels, the
-    post-processed class map (the argmax, or over the binary threshold ``decision``, as infer decides) and the pixels
-    the rules changed."""
-    mask, conf = confident_mask(probs, threshold, decision)
-    pred = decide(probs, decision)
+    post-processed class map (the argmax, or over the binary threshold ``decision``, as infer decides; multilabel:
+    the bit field) and the pixels the rules changed."""
+    mask, conf = confident_mask(probs, threshold, decision, multilabel)
+    pred = decide(probs, decision, multilabel)
     changed = np.zeros(pred.shape, bool)
     if rules:
         post = pp.apply(pred, rules)
@@ -156,6 +173,9 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
     tests = test_set(params)
     members = find_members(layout, params.train.models, params.train.folds, round_)
     loaded = load_members(members, device)
+    ml = loaded.multilabel
+    if ml and p.soft:
+        raise UserError("pseudo.soft: soft pseudo-labels are for class maps, not multilabel masks; set it to false")
     rt = Runtime.of(loaded, params.infer, device)  # infer.sliding, batching and TTA batching apply here too
     tile, amp_ctx = rt.tile, rt.amp_ctx
     unavailable = oof_unavailable(layout, members)
@@ -167,11 +187,15 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
         folds = params.train.folds if s == "all" else [s]
         groups = [
             GroupForward(
-                [loaded.groups[n][f] for f in folds], ttas[n], params.infer.space, batched=params.infer.batched_tta
+                [loaded.groups[n][f] for f in folds],
+                ttas[n],
+                params.infer.space,
+                batched=params.infer.batched_tta,
+                multilabel=ml,
             )
             for n in params.train.models
         ]
-        ensemble = EnsembleForward(groups, [1.0] * len(groups), params.infer.space).to(device)
+        ensemble = EnsembleForward(groups, [1.0] * len(groups), params.infer.space, ml).to(device)
         forward, batch = windowed(ensemble, params.infer, tile), rt.batch
         rows, per_class_conf, per_class_all = [], np.zeros(len(classes)), np.zeros(len(classes))
         with atomic_dir(layout.pseudo_dir(round_, s)) as d:
@@ -179,12 +203,12 @@ def make_pseudo_labels(params: Params, layout: Layout, round_: int = 1) -> dict[
             batches = iter_logits(forward, ds, device, batch, sizes=lambda i: tests.sizes[i], amp_ctx=amp_ctx)
             with rt.memory(f"pseudo set {s}: labelling the test images"):  # out of memory: the infer key to lower
                 for idx, logp in tqdm(batches, desc=f"pseudo set {s}", unit="batch", mininterval=1.0):
-                    probs = logp.softmax(1).cpu().numpy()
+                    probs = rt.probabilities(logp).cpu().numpy()
                     for j, i in enumerate(idx.tolist()):
                         d = decisions[str(s)]
-                        mask, conf, pred, changed = pseudo_label(probs[j], p.threshold, d.rules, d.threshold)
-                        per_class_all += np.bincount(pred.ravel(), minlength=len(classes))
-                        per_class_conf += np.bincount(pred[conf].ravel(), minlength=len(classes))
+                        mask, conf, pred, changed = pseudo_label(probs[j], p.threshold, d.rules, d.threshold, ml)
+                        per_class_all += class_pixels(np.bincount(pred.ravel(), minlength=256), len(classes), ml)
+                        per_class_conf += class_pixels(np.bincount(pred[conf].ravel(), minlength=256), len(classes), ml)
                         share = float(conf.mean())
                         if share < p.min_confident:
                             continue

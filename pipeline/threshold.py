@@ -35,15 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import IGNORE_INDEX, decode
 from pipeline.metrics import score_matrices
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 ... 0.90: the candidates of ``fit``
 
 
-def decide(probs: Any, threshold: float | None) -> Any:
+def decide(probs: Any, threshold: float | None, multilabel: bool = False) -> Any:
     """The (..., H, W) int64 class map of (..., C, H, W) probabilities (numpy or torch): the argmax over C, or, with
-    a ``threshold``, class 1 where its probability is over it (binary tasks only: C == 2)."""
+    a ``threshold``, class 1 where its probability is over it (binary tasks only: C == 2). ``multilabel``: the
+    (..., H, W) bit field of each class's own sigmoid probability over ``threshold`` (``None``: 0.5;
+    :func:`pipeline.labels.decode`)."""
+    if multilabel:
+        return decode(probs, 0.5 if threshold is None else threshold)
     if threshold is None:
         return probs.argmax(-3)
     if probs.shape[-3] != 2:

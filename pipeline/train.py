@@ -139,7 +139,7 @@ def train_fold(  # noqa: PLR0913 - the public entry: train_round, the tests and 
         print(f"{run.title}: {storage.why}")
     loaders = build_loaders(cfg, split, storage, ctx)
     opt = build_optimisation(cfg, ctx, loaders.steps_per_epoch, init_weights)
-    checkpoints = Checkpoints(run, fp, cfg, ctx.classes)
+    checkpoints = Checkpoints(run, fp, cfg, ctx.classes, ctx.multilabel)
     state = checkpoints.resume(opt, ctx.ddp.main)
     guard = StepGuard(model_name, fold, round_, rec, run.model_config, ctx.ddp.world)  # pipeline/faults.py
     if ctx.ddp.main:

@@ -16,6 +16,7 @@ import ttach
 from torch import nn
 
 from pipeline.config import TtaConfig
+from pipeline.errors import UserError
 
 
 def tta_transforms(cfg: TtaConfig) -> ttach.Compose:
@@ -46,11 +47,16 @@ class TtaForward(nn.Module):
     log-probabilities (valid logits).
     """
 
-    def __init__(self, model: nn.Module, cfg: TtaConfig, batched: bool = False) -> None:
+    def __init__(self, model: nn.Module, cfg: TtaConfig, batched: bool = False, multilabel: bool = False) -> None:
         super().__init__()
         self.model, self.batched = model, batched
         self.transforms = list(tta_transforms(cfg))
         self.merge = cfg.merge
+        if multilabel and self.merge == "gmean" and len(self.transforms) > 1:
+            raise UserError(
+                "tta merge gmean averages log-softmax outputs: not for multilabel masks (a sigmoid per class); use "
+                "infer.tta_merge: mean (or the model config's tta.merge)"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.transforms) == 1:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline.errors import DataError, UserError
 from pipeline.io import read_json, safe_join, upright_size
-from pipeline.labels import IGNORE_INDEX, MAX_CLASSES
+from pipeline.labels import IGNORE_INDEX, MAX_CLASSES, bit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,14 +386,16 @@ def ann_to_mask(seg: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(ann_to_rle(seg, height, width))
 
 
-OverlapOrder = Literal["larger_first", "smaller_first", "annotation_order"]
+OverlapOrder = Literal["larger_first", "smaller_first", "annotation_order", "multilabel"]
 CrowdMode = Literal["class", "ignore"]
 
 
 def paint_mask(
     image: CocoImage, categories: list[Category], overlap: OverlapOrder = "larger_first", crowd: CrowdMode = "class"
 ) -> np.ndarray:
-    """The (H, W) uint8 class mask of one image: 0 background, 1..K categories, 255 ignored crowd regions.
+    """The (H, W) uint8 class mask of one image: 0 background, 1..K categories, 255 ignored crowd regions; with
+    ``overlap="multilabel"`` a bit field holding every class of a pixel (:mod:`pipeline.labels`; an ignored crowd
+    region is 255 whatever else covers it).
 
     The same mask as decoding every annotation with ``annToMask`` and painting them in order, without decoding any
     to a full image: sizes come from the RLEs (``mask.area``), and each object's runs are painted on a column-major
@@ -409,14 +411,25 @@ def paint_mask(
         order.sort(key=lambda i: (sign * areas[i], anns[i].get("id", 0)))
     canvas = np.zeros((image.width, image.height), np.uint8)  # canvas[x, y]: flat in COCO's column-major order
     flat = canvas.reshape(-1)
+    if overlap == "multilabel":
+        ignored = np.zeros_like(flat, dtype=bool)
+        for i in order:
+            starts, lengths = compressed_runs(rles[i]["counts"])
+            if anns[i].get("iscrowd") and crowd == "ignore":
+                _paint_runs(ignored, starts, lengths, True)
+            else:
+                _paint_runs(flat, starts, lengths, bit(index[anns[i]["category_id"]]), combine=True)
+        flat[ignored] = IGNORE_INDEX
+        return np.ascontiguousarray(canvas.T)
     for i in order:
         value = IGNORE_INDEX if (anns[i].get("iscrowd") and crowd == "ignore") else index[anns[i]["category_id"]]
         _paint_runs(flat, *compressed_runs(rles[i]["counts"]), value)
     return np.ascontiguousarray(canvas.T)
 
 
-def _paint_runs(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: int) -> None:
-    """Set the runs' pixels of ``flat`` to ``value``, writing only from the first run's start to the last run's end."""
+def _paint_runs(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: Any, combine: bool = False) -> None:
+    """Set the runs' pixels of ``flat`` to ``value`` (``combine``: OR it in), writing only from the first run's start
+    to the last run's end."""
     if not starts.size:
         return
     lo, hi = int(starts[0]), int(starts[-1] + lengths[-1])
@@ -424,6 +437,9 @@ def _paint_runs(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value
     counts[0::2] = lengths
     counts[1::2] = starts[1:] - starts[:-1] - lengths[:-1]
     inside = np.repeat(np.arange(counts.size) % 2 == 0, counts)
+    if combine:
+        flat[lo:hi][inside] |= value
+        return
     np.copyto(flat[lo:hi], value, where=inside)
 
 

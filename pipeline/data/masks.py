@@ -29,7 +29,7 @@ from pipeline.config import DataParams, MasksParams
 from pipeline.data.coco import Category, CocoImage, check_image_file, load_coco, paint_mask
 from pipeline.errors import DataError, UserError
 from pipeline.io import atomic_dir, clean_stale_tmp, digest_set, write_csv, write_json, write_png
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import IGNORE_INDEX, check_multilabel_classes, class_pixels
 from pipeline.paths import Layout
 
 
@@ -75,6 +75,9 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
     coco = load_coco(json_path, require_annotations=True, on_error=data.on_error)
     images_root = data.images_path
     categories: list[Category] = coco.categories
+    multilabel = params.overlap == "multilabel"
+    if multilabel:
+        check_multilabel_classes(len(categories), str(json_path))
     skipped = dict(coco.skipped)
     kept: list[CocoImage] = []
     counts: dict[int, np.ndarray] = {}
@@ -107,21 +110,24 @@ def build_masks(data: DataParams, params: MasksParams, layout: Layout) -> dict[s
         raise UserError(f"{json_path}: no usable train images")
     kept.sort(key=lambda im: im.id)
     k = len(categories)
+    # per image, (K + 1,) pixels of each class (a multilabel mask's bits counted per class) and its ignore pixels
+    pixels = {i: class_pixels(h, k + 1, multilabel) for i, h in counts.items()}
     # One row per image: which class indices are present (folds stratify on this, without re-reading masks).
     rows = []
     for im in kept:
-        present = [str(c) for c in range(1, k + 1) if counts[im.id][c] > 0]
+        present = [str(c) for c in range(1, k + 1) if pixels[im.id][c] > 0]
         rows.append([im.id, im.file_name, im.height, im.width, " ".join(present)])
     classes = coco.classes()
     write_json(layout.classes_json, classes)
     write_csv(layout.train_index, ["image_id", "file_name", "height", "width", "classes"], rows)
-    total = np.sum([counts[im.id] for im in kept], axis=0)
-    presence = np.sum([counts[im.id] > 0 for im in kept], axis=0)
+    total = np.sum([pixels[im.id] for im in kept], axis=0)
+    presence = np.sum([pixels[im.id] > 0 for im in kept], axis=0)
     summary = {
         "images": len(kept),
         "annotations": sum(len(im.annotations) for im in kept),
         "skipped": skipped,
-        "ignored_pixels": int(total[IGNORE_INDEX]),
+        "labels": "multilabel" if multilabel else "multiclass",  # multilabel: bit-field masks (pipeline/labels.py)
+        "ignored_pixels": int(sum(counts[im.id][IGNORE_INDEX] for im in kept)),
         "classes": [
             {
                 "index": c["index"],

@@ -23,14 +23,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import regions
 
 MAX_POINTS = 4096  # foreground pixels kept per (image, class): enough to centre crops on, small for 6000x6000 tiles
 NO_CENTRE = -1  # (image, NO_CENTRE, NO_CENTRE): a sample cropped at random by the dataset's transform
 
 
-def foreground_points(masks: Sequence[np.ndarray], seed: int = 0) -> dict[int, list[tuple[int, np.ndarray]]]:
-    """Per foreground class, the images holding it and up to ``MAX_POINTS`` of its (y, x) pixels in each.
+def foreground_points(
+    masks: Sequence[np.ndarray], seed: int = 0, multilabel: bool = False
+) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """Per foreground class, the images holding it and up to ``MAX_POINTS`` of its (y, x) pixels in each (a
+    multilabel mask's classes are its bits: :func:`pipeline.labels.regions`).
 
     Returns:
         ``{class: [(image index, (n, 2) int32 array of y, x), ...]}`` for every class > 0 (not ignore) present.
@@ -38,11 +41,8 @@ def foreground_points(masks: Sequence[np.ndarray], seed: int = 0) -> dict[int, l
     rng = np.random.default_rng(seed)
     points: dict[int, list[tuple[int, np.ndarray]]] = {}
     for i, m in enumerate(masks):
-        flat = m.ravel()
-        for c in np.unique(flat):
-            if c == 0 or c == IGNORE_INDEX:
-                continue
-            idx = np.flatnonzero(flat == c)
+        for c, inside in regions(m, multilabel):
+            idx = np.flatnonzero(inside.ravel())
             if len(idx) > MAX_POINTS:  # a fixed subsample: the same points every epoch and every run
                 idx = np.sort(rng.choice(idx, MAX_POINTS, replace=False))
             yx = np.stack(np.unravel_index(idx, m.shape), 1).astype(np.int32)

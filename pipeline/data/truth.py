@@ -23,9 +23,21 @@ def competition_sha256(test_json: str | os.PathLike[str]) -> str:
     return hashlib.sha256(Path(test_json).read_bytes()).hexdigest()
 
 
-def write_truth_record(truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str]) -> None:
-    """Record in ``truth_dir`` that its masks are the truth of the competition whose test split is ``test_json``."""
-    write_json(TruthFiles(Path(truth_dir)).record, {"test_json_sha256": competition_sha256(test_json)})
+def write_truth_record(
+    truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str], multilabel: bool = False
+) -> None:
+    """Record in ``truth_dir`` that its masks are the truth of the competition whose test split is ``test_json``
+    (``multilabel``: they are bit fields, :mod:`pipeline.labels`)."""
+    record = {"test_json_sha256": competition_sha256(test_json)}
+    if multilabel:
+        record["labels"] = "multilabel"
+    write_json(TruthFiles(Path(truth_dir)).record, record)
+
+
+def truth_multilabel(truth_dir: str | os.PathLike[str]) -> bool:
+    """Whether a truth folder's record says its masks are multilabel bit fields."""
+    data = read_json(TruthFiles(Path(truth_dir)).record)
+    return isinstance(data, dict) and data.get("labels") == "multilabel"
 
 
 def truth_mismatch(truth_dir: str | os.PathLike[str], test_json: str | os.PathLike[str]) -> str | None:

@@ -81,7 +81,7 @@ class TtaSearch:
         tta = TtaConfig(flips=list(key[0]), scales=list(key[1]), merge=key[2])  # type: ignore[arg-type]
         fwd = {f: self.rt.group([m], tta) for f, m in self.models_by_fold.items()}
         preds = predict_oof(fwd, self.data, self.rt, self.limit)
-        return image_matrices(preds, self.truth, self.data.fold_of(), self.num_classes)
+        return image_matrices(preds, self.truth, self.data.fold_of(), self.num_classes, self.rt.multilabel)
 
     def matrices(self, tta: TtaConfig) -> ImageMatrices:
         """Per-image matrices of the selection images under ``tta`` (predicted on first use)."""

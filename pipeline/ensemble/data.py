@@ -58,7 +58,7 @@ def predict_oof(
         # around this generator's own work only (a generator's consumer raises in its own frame, not in here)
         with rt.memory(f"fold {f}: predicting out of fold (to choose TTA, weights and post-processing)"):
             for idx, logp in iter_logits(forward, ds, rt.device, rt.batch, amp_ctx=rt.amp_ctx):
-                probs = logp.softmax(1).cpu().numpy()
+                probs = rt.probabilities(logp).cpu().numpy()
                 for j, i in enumerate(idx.tolist()):
                     yield data.ids[f][i], probs[j]
 

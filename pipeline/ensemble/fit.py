@@ -24,17 +24,28 @@ from pipeline.metrics import ConfusionMatrix, score_matrices
 EPS = 1e-6
 
 
-def combine(outputs: Sequence[np.ndarray], weights: Sequence[float], space: str = "prob") -> np.ndarray:
+def combine(
+    outputs: Sequence[np.ndarray], weights: Sequence[float], space: str = "prob", multilabel: bool = False
+) -> np.ndarray:
     """Weighted average of per-model (C, H, W) (or (B, C, H, W)) probabilities, in ``prob`` or ``logit`` space.
 
-    Returns probabilities (float32) in both cases (logit space: softmax of the averaged log-probabilities).
+    Returns probabilities (float32) in both cases (logit space: softmax of the averaged log-probabilities; with
+    ``multilabel``, each class's sigmoid of the averaged logits ``log(p / (1 - p))``).
     """
     w = np.asarray(weights, np.float32)
     w = w / w.sum()
     if space == "prob":
         return sum(wi * o.astype(np.float32) for wi, o in zip(w, outputs))  # type: ignore[return-value]
+    if multilabel:
+        z = sum(wi * _logit(o.astype(np.float32)) for wi, o in zip(w, outputs))
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)  # type: ignore[union-attr]
     logits = sum(wi * np.log(o.astype(np.float32) + EPS) for wi, o in zip(w, outputs))
     return softmax(logits, axis=-3)  # type: ignore[arg-type]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from pipeline.faults import inference_memory
 from pipeline.io import load_torch
 from pipeline.models.registry import build_model
 from pipeline.paths import Layout
-from pipeline.predict import SizedModel, autocast
+from pipeline.predict import SizedModel, activate, autocast
 from pipeline.sliding import SlidingWindow, check_window
 from pipeline.tta import TtaForward
 
@@ -79,8 +79,9 @@ def members_from_checkpoints(paths: Sequence[str | Path]) -> list[Member]:
     return members
 
 
-def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelConfig, list[dict[str, Any]]]:
-    """Rebuild a fold model from its checkpoint (weights_only); EMA weights when it has them."""
+def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelConfig, list[dict[str, Any]], bool]:
+    """Rebuild a fold model from its checkpoint (weights_only); EMA weights when it has them. Also returns the
+    classes and whether it learnt multilabel masks."""
     ck = load_torch(member.path, required=("config", "classes"))
     cfg = from_dict(ModelConfig, ck["config"], f"{member.path}: config")
     model = build_model(cfg, len(ck["classes"]))
@@ -89,7 +90,7 @@ def load_member(member: Member, device: torch.device) -> tuple[nn.Module, ModelC
     if cfg.recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size = tuple(cfg.input_size) if cfg.resize == "resize" else None
-    return SizedModel(model, size), cfg, ck["classes"]  # type: ignore[arg-type]
+    return SizedModel(model, size), cfg, ck["classes"], bool(ck.get("multilabel", False))  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass
@@ -99,15 +100,25 @@ class Loaded:
     groups: dict[str, dict[int, nn.Module]]
     cfgs: dict[str, ModelConfig]
     classes: list[dict[str, Any]]
+    multilabel: bool = False  # the members learnt bit-field masks (their checkpoints say so): sigmoids per class
 
 
 def load_members(members: Sequence[Member], device: torch.device) -> Loaded:
     """Load ``members`` onto ``device``, grouped by model config in member order."""
     out = Loaded({}, {}, [])
+    kinds: dict[bool, Member] = {}
     for m in members:
-        model, cfg, out.classes = load_member(m, device)
+        model, cfg, out.classes, multilabel = load_member(m, device)
         out.groups.setdefault(m.model, {})[m.fold] = model
         out.cfgs[m.model] = cfg
+        kinds.setdefault(multilabel, m)
+    if len(kinds) > 1:
+        a, b = kinds[True], kinds[False]
+        raise UserError(
+            f"{a.path} learnt multilabel masks, {b.path} class maps: one ensemble needs one kind (run dvc repro "
+            "to retrain every member on the masks of masks.overlap)"
+        )
+    out.multilabel = next(iter(kinds), False)
     return out
 
 
@@ -115,18 +126,28 @@ class GroupForward(nn.Module):
     """One model config's fold models with a TTA set: (B, 3, H, W) -> (B, C, H, W) log-probabilities.
 
     Fold models are averaged in probability or logit (log-probability) space; the temperature re-scales the
-    result. Log-probabilities come out so the caller can resize them like logits.
+    result. Log-probabilities come out so the caller can resize them like logits. ``multilabel`` (a sigmoid per
+    class): logits come out, the logit of the fold models' mean probability (``prob``) or their mean logit.
     """
 
-    def __init__(
-        self, models: Sequence[nn.Module], tta: TtaConfig, space: str, temperature: float = 1.0, batched: bool = True
+    def __init__(  # noqa: PLR0913 - the group and how it averages
+        self,
+        models: Sequence[nn.Module],
+        tta: TtaConfig,
+        space: str,
+        temperature: float = 1.0,
+        batched: bool = True,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
-        self.models = nn.ModuleList(TtaForward(m, tta, batched) for m in models)
-        self.space, self.temperature = space, temperature
+        self.models = nn.ModuleList(TtaForward(m, tta, batched, multilabel) for m in models)
+        self.space, self.temperature, self.multilabel = space, temperature, multilabel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [m(x).float() for m in self.models]
+        if self.multilabel:
+            z = mean_logit([o.sigmoid() for o in outs]) if self.space == "prob" else torch.stack(outs).mean(0)
+            return z / self.temperature if self.temperature != 1.0 else z
         if self.space == "prob":
             logp = torch.log(torch.stack([o.softmax(1) for o in outs]).mean(0) + EPS)
         else:
@@ -135,20 +156,33 @@ class GroupForward(nn.Module):
 
 
 class EnsembleForward(nn.Module):
-    """Weighted combination of model-config groups: (B, 3, H, W) -> (B, C, H, W) log-probabilities."""
+    """Weighted combination of model-config groups: (B, 3, H, W) -> (B, C, H, W) log-probabilities (``multilabel``:
+    logits, of the weighted mean probability or the weighted mean logit)."""
 
-    def __init__(self, groups: Sequence[GroupForward], weights: Sequence[float], space: str) -> None:
+    def __init__(
+        self, groups: Sequence[GroupForward], weights: Sequence[float], space: str, multilabel: bool = False
+    ) -> None:
         super().__init__()
-        self.groups, self.space = nn.ModuleList(groups), space
+        self.groups, self.space, self.multilabel = nn.ModuleList(groups), space, multilabel
         w = torch.tensor(weights, dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logps = torch.stack([g(x) for g in self.groups])  # (G, B, C, H, W)
         w = self.weights.view(-1, 1, 1, 1, 1)
+        if self.multilabel and self.space == "prob":
+            return mean_logit([(logps.sigmoid() * w).sum(0)])
+        if self.multilabel:
+            return (logps * w).sum(0)
         if self.space == "prob":
             return torch.log((logps.exp() * w).sum(0) + EPS)
         return (logps * w).sum(0).log_softmax(1)
+
+
+def mean_logit(probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The logit of the mean of per-class sigmoid probabilities (clamped into (EPS, 1 - EPS))."""
+    p = torch.stack(list(probs)).mean(0).clamp(EPS, 1 - EPS)
+    return torch.log(p) - torch.log1p(-p)
 
 
 def inference_tile(p: InferParams, cfgs: Sequence[ModelConfig]) -> tuple[int, int] | None:
@@ -191,6 +225,7 @@ class Runtime:
     amp_ctx: Callable[[], Any]
     p: InferParams
     tile: tuple[int, int] | None
+    multilabel: bool = False  # the members' outputs are per-class sigmoid logits (Loaded.multilabel)
 
     @classmethod
     def of(cls, loaded: Loaded, p: InferParams, device: torch.device) -> Runtime:
@@ -200,13 +235,19 @@ class Runtime:
             lambda: autocast(device, recipe.amp, recipe.cpu_bf16),
             p,
             inference_tile(p, list(loaded.cfgs.values())),
+            loaded.multilabel,
         )
 
     def group(
         self, models: Sequence[nn.Module], tta: TtaConfig, space: str = "prob", temperature: float = 1.0
     ) -> nn.Module:
         """A (windowed) :class:`GroupForward` of ``models``."""
-        return windowed(GroupForward(models, tta, space, temperature, self.p.batched_tta), self.p, self.tile)
+        group = GroupForward(models, tta, space, temperature, self.p.batched_tta, self.multilabel)
+        return windowed(group, self.p, self.tile)
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        """Probabilities of what a group or ensemble forward returns: its softmax, or each class's sigmoid."""
+        return activate(out, self.multilabel)
 
     @property
     def batch(self) -> int:

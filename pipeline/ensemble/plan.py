@@ -23,7 +23,7 @@ from pipeline.ensemble.data import OofData, oof_data, predict_oof
 from pipeline.ensemble.fit import ascend_weights, combine, fit_temperature, temper
 from pipeline.ensemble.members import Loaded, Runtime
 from pipeline.errors import UserError
-from pipeline.metrics import ConfusionMatrix, score_matrices
+from pipeline.metrics import counter, score_matrices
 from pipeline.oof import CrossFit, Memo, cross_fit, truth_reader
 from pipeline.paths import Layout
 from pipeline.store import SpillDict, Subset
@@ -137,7 +137,12 @@ class _OofPlanner:
     ) -> None:
         self.p, self.metric, self.rt, self.data, self.loaded = rt.p, params.metric.name, rt, data, loaded
         self.names, self.choices, self.per_model, self.fallback = list(loaded.groups), choices, per_model, fallback
-        self.num_classes = len(loaded.classes)
+        self.num_classes, self.multilabel = len(loaded.classes), loaded.multilabel
+        if self.multilabel and self.p.calibrate:
+            raise UserError(
+                "infer.calibrate fits a softmax temperature: not for multilabel masks (a sigmoid per class); set "
+                "infer.calibrate: false"
+            )
         fold_of = data.fold_of()
         self.ids = [str(i) for f in data.ids for i in data.ids[f]]  # every OOF image, fold by fold
         self.image_folds = np.asarray([fold_of[int(i)] for i in self.ids], np.int64)
@@ -171,14 +176,14 @@ class _OofPlanner:
         per_model = [self._probs((n, tk)) for n, tk in zip(self.names, tks)]
         for i in self.ids:
             outs = [pm[i] if t == 1.0 else temper(pm[i], t).astype(np.float16) for pm, t in zip(per_model, temps)]
-            yield i, combine(outs, weights, self.p.space)
+            yield i, combine(outs, weights, self.p.space, self.multilabel)
 
     def _ensemble_preds(self, key: tuple[Any, ...]) -> Any:
         """(image id, (H, W) class map of the ensemble ``key``) for every OOF image, streamed: its argmax, or with a
         fourth element, the binary threshold (:func:`pipeline.threshold.decide`, as infer decides)."""
         threshold = key[3] if len(key) > 3 else None
         for i, probs in self._ensemble_probs(key):
-            yield i, thr.decide(probs, threshold)
+            yield i, thr.decide(probs, threshold, self.multilabel)
 
     def _threshold_stats(self, key: tuple[Any, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per OOF image, the threshold search's counts of the ensemble ``key`` (:func:`.threshold.image_counts`)."""
@@ -215,9 +220,20 @@ class _OofPlanner:
         """Whether ``infer.threshold`` fits here, and why not."""
         if self.p.threshold == "none":
             return False, "none (infer.threshold: none)"
+        if self.multilabel:
+            return False, "none: multilabel masks keep each class where its sigmoid is over 0.5 (no fit for them yet)"
         if self.num_classes != 2:
             return False, f"none: a threshold is for binary tasks; {self.num_classes} classes keep the argmax"
         return True, ""
+
+    def postprocesses(self) -> bool:
+        """Whether ``infer.postprocess`` fits rules here (not on multilabel masks yet: said once)."""
+        if self.p.postprocess == "none":
+            return False
+        if self.multilabel:
+            print("post-processing: none (its rules are for class maps; multilabel masks are not post-processed yet)")
+            return False
+        return True
 
     def _ensemble_argmax(self, key: tuple[Any, ...]) -> SpillDict:
         """The ensemble ``key``'s (H, W) uint8 argmax of every OOF image, spilled: post-processing re-reads it."""
@@ -296,7 +312,7 @@ class _OofPlanner:
         else:
             report["threshold"] = {"value": None, "why": why}
         cf = None
-        if self.p.postprocess != "none":
+        if self.postprocesses():
             cf, figures = self.postprocess(ens)
             report.update({**figures["section"], "after": figures["after"]})
 
@@ -315,14 +331,14 @@ class _OofPlanner:
 
     def _model_matrices(self, key: tuple[str, Any], temperature: float = 1.0) -> np.ndarray:
         probs = self._probs(key)
-        cm = ConfusionMatrix(self.num_classes, per_image=True)
+        cm = counter(self.num_classes, self.multilabel, per_image=True)
         for i in self.ids:
             pr = probs[i] if temperature == 1.0 else temper(probs[i], temperature).astype(np.float16)
-            cm.update(pr.argmax(0), self.truth[i])
+            cm.update(thr.decide(pr, None, self.multilabel), self.truth[i])
         return cm.image_matrices
 
     def _ensemble_matrices(self, key: tuple[Any, ...]) -> np.ndarray:
-        cm = ConfusionMatrix(self.num_classes, per_image=True)
+        cm = counter(self.num_classes, self.multilabel, per_image=True)
         for i, pred in self._ensemble_preds(key):
             cm.update(pred, self.truth[i])
         return cm.image_matrices
@@ -397,7 +413,7 @@ class _OofPlanner:
         elif self.p.threshold != "none":
             report["threshold"] = {"value": None, "why": why}
         rules: dict[int, pp.Rule] = {}
-        if self.p.postprocess != "none":  # the top-level OOF figures are then the submission's: ensemble + rules
+        if self.postprocesses():  # the top-level OOF figures are then the submission's: ensemble + rules
             cf, figures = self.postprocess(ens)
             rules = cf.choice[1]
             report["postprocess"] = figures["section"]

@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one argparse 
     r.add_argument("--start-index", type=int, choices=[0, 1])
     r.add_argument("--starts", choices=["absolute", "relative"])
     r.add_argument("--empty", choices=["", "-1"])
+    r.add_argument(
+        "--multilabel",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="truth as multilabel bit fields (auto: when classes overlap)",
+    )
     _common(r, "image ids")
     _classes(r, "classes", "class names and ids (default: from the CSV's labels)", required=False)
 
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one argparse 
             args.test_images,
             args.id_regex,
             args.unlisted,
+            {"auto": None, "yes": True, "no": False}[args.multilabel],
         )
     print(f"{args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0

@@ -33,7 +33,7 @@ from pipeline.data.coco_write import annotation
 from pipeline.data.truth import write_truth_record
 from pipeline.errors import DataError, UserError
 from pipeline.io import atomic_dir, atomic_path, safe_join, write_json, write_png
-from pipeline.labels import MAX_CLASSES
+from pipeline.labels import MAX_CLASSES, MULTILABEL_MAX_CLASSES, check_multilabel_classes
 from pipeline.paths import CompetitionFiles, Layout, TruthFiles
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -262,8 +262,14 @@ class CompetitionWriter:
     Use it through :func:`write_competition`, which makes the whole output appear at once (or not at all).
     """
 
-    def __init__(self, comp_dir: Path, truth_dir: Path | None, classes: Mapping[int, str]) -> None:
-        self.comp_dir, self.truth_dir = comp_dir, truth_dir
+    def __init__(
+        self, comp_dir: Path, truth_dir: Path | None, classes: Mapping[int, str], multilabel: bool | None = False
+    ) -> None:
+        """``multilabel``: paint the truth as bit fields (:mod:`pipeline.labels`); ``None``: when some pixel of
+        some image holds two classes (and they fit the bits), decided at :meth:`finish`."""
+        self.comp_dir, self.truth_dir, self.multilabel = comp_dir, truth_dir, multilabel
+        self.overlap_pixels = 0  # pixels (train and test) that two classes' objects cover
+        self._truth: list[CocoImage] = []  # test images with truth, painted at finish
         self.comp = CompetitionFiles(comp_dir)
         self.classes = check_classes(classes, "class list")
         self.categories = [Category(k + 1, name, cid) for k, (cid, name) in enumerate(self.classes.items())]
@@ -329,6 +335,7 @@ class CompetitionWriter:
                 raise RuntimeError("a train image needs its objects")
             return image_id
         anns = []
+        held: dict[int, np.ndarray] = {}  # category id -> the union of its objects
         for category_id, mask in objects:
             if category_id not in self.classes:
                 raise UserError(f"{origin or file_name}: category id {category_id} is not in the class list")
@@ -337,15 +344,24 @@ class CompetitionWriter:
             if mask.any():
                 first = len(self.annotations) + len(anns) + 1
                 anns.append(annotation(first, image_id, category_id, mask))
+                held[category_id] = held[category_id] | mask if category_id in held else mask.astype(bool)
+        if len(held) > 1:
+            self.overlap_pixels += int((np.sum(list(held.values()), axis=0) > 1).sum())
         if split == "train":
             self.annotations.extend(anns)
         else:
             if self.truth_dir is None:
                 raise RuntimeError("a test image with truth, but no truth folder was opened")
-            painted = paint_mask(CocoImage(image_id, file_name, height, width, anns), self.categories)
-            write_png(TruthFiles(self.truth_dir).mask(stem), painted)
+            self._truth.append(CocoImage(image_id, file_name, height, width, anns))
             self.test_objects += len(anns)
         return image_id
+
+    def _truth_multilabel(self) -> bool:
+        if self.multilabel is not None:
+            if self.multilabel:
+                check_multilabel_classes(len(self.classes), "the class list")
+            return self.multilabel
+        return self.overlap_pixels > 0 and len(self.classes) <= MULTILABEL_MAX_CLASSES
 
     def finish(self, info: Mapping[str, Any]) -> dict[str, int]:
         """Write train.json, test.json (and the truth's classes.json); return counts."""
@@ -356,15 +372,21 @@ class CompetitionWriter:
         write_json(self.comp.train_json, {**train, "categories": categories})
         test = {"info": dict(info), "images": self.images["test"], "categories": categories}
         write_json(self.comp.test_json, test)
+        multilabel = self._truth_multilabel()
         if self.truth_dir is not None:
+            for im in self._truth:  # every class of a pixel (bit fields), or one: as the masks stage paints
+                painted = paint_mask(im, self.categories, "multilabel" if multilabel else "larger_first")
+                write_png(TruthFiles(self.truth_dir).mask(Path(im.file_name).stem), painted)
             write_json(TruthFiles(self.truth_dir).classes_json, classes_json(self.classes))
-            write_truth_record(self.truth_dir, self.comp.test_json)  # whose truth it is (the leaderboard)
+            write_truth_record(self.truth_dir, self.comp.test_json, multilabel)  # whose truth it is (the leaderboard)
         return {
             "train_images": len(self.images["train"]),
             "test_images": len(self.images["test"]),
             "train_annotations": len(self.annotations),
             "test_objects": self.test_objects,
             "categories": len(self.classes),
+            "overlapping_pixels": self.overlap_pixels,
+            "labels": "multilabel" if multilabel else "multiclass",
         }
 
 
@@ -376,6 +398,7 @@ def write_competition(
     info: Mapping[str, Any],
     counts: dict[str, int],
     sources: Sequence[Path] = (),
+    multilabel: bool | None = False,
 ) -> Iterator[CompetitionWriter]:
     """A :class:`CompetitionWriter` on temporary folders that replace ``out`` (and ``truth``) when the block ends.
 
@@ -390,7 +413,7 @@ def write_competition(
         comp = stack.enter_context(atomic_dir(out))
         truth_tmp = stack.enter_context(atomic_dir(truth)) if truth is not None else None
         CompetitionFiles(comp).images_dir.mkdir()
-        writer = CompetitionWriter(comp, truth_tmp, classes)
+        writer = CompetitionWriter(comp, truth_tmp, classes, multilabel)
         yield writer
         counts.update(writer.finish(info))
 

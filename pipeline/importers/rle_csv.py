@@ -203,6 +203,7 @@ def import_rle_csv(  # noqa: PLR0913 - the CLI's options, passed by name; each d
     test_images: str | os.PathLike[str] | None = None,
     id_regex: str | None = None,
     unlisted: Literal["empty", "skip", "error"] = "empty",
+    multilabel: bool | None = None,
 ) -> dict[str, Any]:
     """Write a run-length CSV and its images as a COCO competition in ``out`` (held-out truth in ``truth``).
 
@@ -219,6 +220,9 @@ def import_rle_csv(  # noqa: PLR0913 - the CLI's options, passed by name; each d
         id_regex: how an image's id is read from its relative path (default: its stem; see the module docstring).
         unlisted: an image of the folder without any row has no foreground (``empty``, the Severstal convention),
             is left out (``skip``), or is an error.
+        multilabel: the held-out truth as multilabel bit fields (every class of a pixel, :mod:`pipeline.labels`);
+            ``None``: when the CSV's classes overlap on some pixel (and fit the bits), as UW-Madison's do. The
+            train annotations keep every class either way (``masks.overlap`` decides how they are painted).
 
     Returns:
         Counts of images, annotations, categories and unlisted images, and where the truth went.
@@ -265,7 +269,7 @@ def import_rle_csv(  # noqa: PLR0913 - the CLI's options, passed by name; each d
     info = {"description": "imported from a run-length CSV", "source": str(csv_path), "seed": split.seed}
     counts: dict[str, Any] = {}
     sources = [csv_path, images_dir] + ([Path(test_images)] if test_images is not None else [])
-    with write_competition(out, truth_dir, class_list, info, counts, sources) as writer:
+    with write_competition(out, truth_dir, class_list, info, counts, sources, multilabel) as writer:
         for key in keys:
             rel = files[key]
             path = images_dir / rel
@@ -291,6 +295,11 @@ def import_rle_csv(  # noqa: PLR0913 - the CLI's options, passed by name; each d
                 image_id=int(key) if numeric else None,
                 origin=str(Path(test_images) / rel),
             )
+    if counts["overlapping_pixels"]:
+        print(
+            f"{csv_path}: classes overlap on {counts['overlapping_pixels']} pixels: train with masks.overlap: "
+            f"multilabel to keep every class (the truth is {counts['labels']})"
+        )
     return {
         **counts,
         "unlisted_images": len(extra) if unlisted == "empty" else 0,

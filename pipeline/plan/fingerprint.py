@@ -27,7 +27,7 @@ from scipy import ndimage
 from pipeline.config import DataParams, to_dict
 from pipeline.errors import UserError
 from pipeline.io import read_image, read_json, read_mask, safe_join
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import IGNORE_INDEX, regions
 from pipeline.paths import Layout
 from pipeline.plan.symmetry import SYMMETRY_COLUMN, chiral_reasons
 
@@ -117,16 +117,15 @@ class Fingerprint:
 
 
 def class_components(
-    masks: Iterable[np.ndarray], num_classes: int
+    masks: Iterable[np.ndarray], num_classes: int, multilabel: bool = False
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
     """For each mask and each foreground class (1..num_classes-1) in it: ``(class, its pixels, their 4-connected
-    component labels, the number of components)``. Ignore pixels (255) and background (0) form no objects."""
+    component labels, the number of components)``. Ignore pixels (255) and background (0) form no objects; a
+    multilabel mask's classes are its bits (:func:`pipeline.labels.regions`)."""
     for m in masks:
-        for c in np.unique(m):
-            c = int(c)
-            if c == 0 or c == IGNORE_INDEX or c >= num_classes:
+        for c, inside in regions(m, multilabel):
+            if c >= num_classes:
                 continue
-            inside = m == c
             labels, n = ndimage.label(inside)
             if n:
                 yield c, inside, labels, n
@@ -156,14 +155,14 @@ def boundary_share(masks: Iterable[np.ndarray]) -> float:
     return edge / fg if fg else 0.0
 
 
-def component_areas(masks: Iterable[np.ndarray], num_classes: int) -> dict[int, list[int]]:
+def component_areas(masks: Iterable[np.ndarray], num_classes: int, multilabel: bool = False) -> dict[int, list[int]]:
     """Pixel areas of the 4-connected components of each foreground class (1..num_classes-1) over ``masks``.
 
     Ignore pixels (255) and background (0) form no objects. Returns ``{class: [area, ...]}`` for every foreground
     class, empty lists for classes never present.
     """
     areas: dict[int, list[int]] = {c: [] for c in range(1, num_classes)}
-    for c, _, labels, _ in class_components(masks, num_classes):
+    for c, _, labels, _ in class_components(masks, num_classes, multilabel):
         areas[c].extend(int(a) for a in np.bincount(labels.ravel())[1:])
     return areas
 
@@ -256,8 +255,9 @@ def compute_fingerprint(data: DataParams, layout: Layout, sample: int = 500, see
     read_seconds = (time.perf_counter() - t0) / max(1, len(rows))
     mean, std, grey = channel_stats(pictures)
     del pictures
-    areas = component_areas(masks, len(classes))
-    handedness = chiral_reasons(masks, list(SYMMETRY_COLUMN))
+    multilabel = summary.get("labels") == "multilabel"  # bit-field masks (pipeline/labels.py)
+    areas = component_areas(masks, len(classes), multilabel)
+    handedness = chiral_reasons(masks, list(SYMMETRY_COLUMN), multilabel)
     stats = class_stats(classes, summary, areas)
 
     sizes = list(zip(index["height"].astype(int), index["width"].astype(int)))

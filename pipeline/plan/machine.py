@@ -108,7 +108,7 @@ class OutOfMemory(Exception):
     """The candidate batch does not fit in device memory."""
 
 
-def _probe_context(cfg: Any, model_name: str, num_classes: int, device: Any) -> Any:
+def _probe_context(cfg: Any, model_name: str, num_classes: int, device: Any, multilabel: bool = False) -> Any:
     """A single-process training :class:`~pipeline.training.context.Context` for the probe (it writes nothing: the
     run id only names it in messages)."""
     from pipeline.distributed import Dist
@@ -126,6 +126,7 @@ def _probe_context(cfg: Any, model_name: str, num_classes: int, device: Any) -> 
         batch_size=rec.batch_size,
         classes=[{"name": str(i)} for i in range(num_classes)],
         metric="miou",
+        multilabel=multilabel,
     )
 
 
@@ -155,6 +156,7 @@ def measure_step(  # noqa: PLR0913 - the candidate, its images and how its step 
     class_weights: Sequence[float] | None = None,
     augment: Sequence[Any] | None = None,
     scratch: Path | None = None,
+    multilabel: bool = False,
 ) -> StepTiming:
     """Time ``steps`` training steps of ``cfg`` (a :class:`~pipeline.config.ModelConfig`) on real images.
 
@@ -167,7 +169,7 @@ def measure_step(  # noqa: PLR0913 - the candidate, its images and how its step 
     with the loop's own ``evaluate`` (forward at each image's own size, then the confusion matrix and Boundary IoU)
     on one batch of them. One checkpoint write of the optimisation's state is timed into an unnamed file in
     ``scratch`` (the project's disk; skipped without one). ``class_weights`` are the cross-entropy's (they change no
-    cost; kept so the probe builds the loss the run will).
+    cost; kept so the probe builds the loss the run will), and so is ``multilabel`` (bit-field masks).
 
     Raises:
         OutOfMemory: the batch does not fit on the CUDA device.
@@ -183,7 +185,7 @@ def measure_step(  # noqa: PLR0913 - the candidate, its images and how its step 
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, class_weights=list(class_weights)))
     rec = cfg.recipe
     device = torch.device("cuda" if device_name == "cuda" and torch.cuda.is_available() else "cpu")
-    ctx = _probe_context(cfg, model_name, num_classes, device)
+    ctx = _probe_context(cfg, model_name, num_classes, device, multilabel)
     need = rec.batch_size * (WARMUP_STEPS + steps)
     reps = -(-need // max(1, len(images)))
     loaded = cfg if augment is None else dataclasses.replace(cfg, recipe=dataclasses.replace(rec, augment=augment))

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.config import Augment, ModelConfig, Params, from_dict, to_dict
 from pipeline.errors import UserError
 from pipeline.io import safe_join
+from pipeline.labels import multilabel_masks
 from pipeline.paths import Layout, weights_files
 from pipeline.plan import budget as bud
 from pipeline.plan import rules
@@ -129,6 +130,7 @@ def timed(  # noqa: PLR0913 - the candidate and where it is measured
                 cfg.recipe.class_weights,
                 augment=augment,
                 scratch=layout.scratch_dir,
+                multilabel=multilabel_masks(layout.mask_summary),
             )
         except OutOfMemory:
             if cfg.recipe.batch_size <= rules.MIN_BATCH:

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.labels import IGNORE_INDEX
+from pipeline.labels import regions
 
 MIN_T, MIN_EFFECT, MIN_REGIONS = 4.0, 0.1, 8  # a class is chiral when its mean moment is both significant and large
 
 
-def shape_moments(masks: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+def shape_moments(masks: Sequence[np.ndarray], multilabel: bool = False) -> dict[int, np.ndarray]:
     """Per foreground class, one row per (image, class) region: x skewness, y skewness and log(std_y / std_x).
 
     A mirror image negates the x skewness, a vertical flip the y skewness, a quarter turn the log aspect. If the data
@@ -35,10 +35,8 @@ def shape_moments(masks: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     """
     rows: dict[int, list[tuple[float, float, float]]] = {}
     for m in masks:
-        for c in np.unique(m):
-            if c == 0 or c == IGNORE_INDEX:
-                continue
-            y, x = np.nonzero(m == c)
+        for c, inside in regions(m, multilabel):
+            y, x = np.nonzero(inside)
             if len(x) < 16:
                 continue
             sx, sy = x.std(), y.std()
@@ -50,10 +48,12 @@ def shape_moments(masks: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     return {c: np.array(r) for c, r in rows.items()}
 
 
-def chiral_classes(masks: Sequence[np.ndarray], column: int) -> list[tuple[int, float, float]]:
+def chiral_classes(
+    masks: Sequence[np.ndarray], column: int, multilabel: bool = False
+) -> list[tuple[int, float, float]]:
     """Classes whose moment ``column`` of :func:`shape_moments` has a mean far from 0: (class, mean, t)."""
     out = []
-    for c, r in sorted(shape_moments(masks).items()):
+    for c, r in sorted(shape_moments(masks, multilabel).items()):
         if len(r) < MIN_REGIONS:
             continue
         v = r[:, column]
@@ -67,12 +67,13 @@ SYMMETRY_COLUMN = {"hflip": 0, "vflip": 1, "rot90": 2}
 MOMENT_NAME = {0: "x skewness", 1: "y skewness", 2: "log height/width"}
 
 
-def chiral_reasons(masks: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, str]:
-    """Candidate name -> why it is off, for each candidate some class of ``masks`` has a handedness under."""
+def chiral_reasons(masks: Sequence[np.ndarray], names: Sequence[str], multilabel: bool = False) -> dict[str, str]:
+    """Candidate name -> why it is off, for each candidate some class of ``masks`` (bit fields: ``multilabel``) has
+    a handedness under."""
     chiral: dict[str, str] = {}
     for name in names:
         if name in SYMMETRY_COLUMN:
-            found = chiral_classes(masks, SYMMETRY_COLUMN[name])
+            found = chiral_classes(masks, SYMMETRY_COLUMN[name], multilabel)
             if found:
                 c, mean, t = max(found, key=lambda f: abs(f[2]))
                 what = MOMENT_NAME[SYMMETRY_COLUMN[name]]

@@ -182,7 +182,7 @@ def dense_cell(text: str, fmt: SubmissionFormat, valid: set[int] | None = None) 
 
 
 def encode_image(
-    class_mask: np.ndarray, fmt: SubmissionFormat, labels: Mapping[int, str], image: str
+    class_mask: np.ndarray, fmt: SubmissionFormat, labels: Mapping[int, str], image: str, multilabel: bool = False
 ) -> dict[tuple[str, ...], str]:
     """``{row key: prediction text}`` of one image's (H, W) integer class mask (0 background).
 
@@ -191,13 +191,21 @@ def encode_image(
         fmt: the format.
         labels: ``{class index: label}`` of every foreground class (one row per class in per_class).
         image: the image's submission id.
+        multilabel: ``class_mask`` is a multilabel bit field (:mod:`pipeline.labels`): each class's runs are those
+            of its own bit, so the rows of two classes may cover the same pixels.
     """
     if fmt.layout == "dense":
+        if multilabel:
+            raise UserError("the dense layout holds one class a pixel; a multilabel submission needs per_class rows")
         small = resize_nearest(class_mask, fmt.dense_size)
         return {fmt.row_key(image, ""): " ".join(map(str, small.ravel().tolist()))}
-    values, starts, lengths = rle.encode_class_runs(class_mask, fmt.rle.order)
     texts = {}
+    if not multilabel:
+        values, starts, lengths = rle.encode_class_runs(class_mask, fmt.rle.order)
     for index, label in labels.items():
+        if multilabel:
+            values, starts, lengths = rle.encode_class_runs((class_mask >> (index - 1)) & 1, fmt.rle.order)
+            index = 1
         sel = values == index
         texts[label] = rle.runs_to_text(starts[sel], lengths[sel], fmt.rle)
     if fmt.layout == "per_class":
@@ -220,9 +228,11 @@ def decode_frame(
     shapes: Mapping[str, tuple[int, int]],
     label_to_index: Mapping[str, int],
     where: str = "submission",
+    multilabel: bool = False,
 ) -> dict[str, np.ndarray]:
     """``{image id: (H, W) uint8 class mask}`` of every image in ``shapes`` from the rows of ``df`` (Fortran-ordered
     for column-major RLE, as :func:`pipeline.rle.decode_runs` writes them; ``np.ascontiguousarray`` for C order).
+    ``multilabel``: the (H, W) uint8 bit field of every class's rows, overlaps kept (:mod:`pipeline.labels`).
 
     The rows should have passed :func:`pipeline.submission.validate.validate_submission`; a row that still cannot be
     decoded raises :class:`UserError` naming ``where`` and its line. Images without rows are all background; rows of
@@ -234,6 +244,7 @@ def decode_frame(
         shapes: ``{image id: (H, W)}`` at the original size.
         label_to_index: ``{class label: class index}`` of the foreground classes (single-class: its one class).
         where: the file name for messages.
+        multilabel: decode to bit fields.
 
     Raises:
         UserError: a dense submission whose ``dense_size`` is not the image's size (it cannot be scored at the
@@ -253,6 +264,8 @@ def decode_frame(
                 continue  # not asked for (the validator reports ids that are no test image)
             height, width = shapes[image]
             if fmt.layout == "dense":
+                if multilabel:
+                    raise UserError(f"{where}: the dense layout holds one class a pixel, not multilabel masks")
                 if tuple(fmt.dense_size) != (height, width):
                     raise UserError(
                         f"{where}: the dense layout is written at dense_size {fmt.dense_size[0]}x{fmt.dense_size[1]}"
@@ -270,15 +283,22 @@ def decode_frame(
                 painted.setdefault(image, []).append((index, per_class_cell(text, fmt, height * width)))
         except RleError as e:
             raise UserError(f"{where}: line {i + 2} ({', '.join(key)}): {e}") from None
-    masks = {}
-    for image, (height, width) in shapes.items():
-        if image in dense:
-            masks[image] = dense[image]
-            continue
-        # the canvas in the runs' pixel order (Fortran order for column-major RLE), the layout decode_runs returns:
-        # painting across layouts costs a transpose per class
-        mask = np.zeros((height, width), np.uint8, order="F" if fmt.rle.order == "column" else "C")
-        for index, (starts, lengths) in sorted(painted.get(image, []), key=lambda t: t[0]):
-            np.copyto(mask, index, where=rle.decode_runs(starts, lengths, (height, width), fmt.rle.order))
-        masks[image] = mask
-    return masks
+    return {
+        image: dense[image] if image in dense else _paint(painted.get(image, []), shape, fmt.rle.order, multilabel)
+        for image, shape in shapes.items()
+    }
+
+
+def _paint(runs: list[tuple[int, Runs]], shape: tuple[int, int], order: str, multilabel: bool) -> np.ndarray:
+    """One image's mask from its classes' runs: each class over the lower ones, or (``multilabel``) its bit ORed in.
+
+    The canvas is in the runs' pixel order (Fortran order for column-major RLE), the layout decode_runs returns:
+    painting across layouts costs a transpose per class."""
+    mask = np.zeros(shape, np.uint8, order="F" if order == "column" else "C")
+    for index, (starts, lengths) in sorted(runs, key=lambda t: t[0]):
+        inside = rle.decode_runs(starts, lengths, shape, order)
+        if multilabel:
+            mask[inside.astype(bool)] |= np.uint8(1 << (index - 1))
+        else:
+            np.copyto(mask, index, where=inside)
+    return mask

@@ -47,11 +47,14 @@ class SubmissionWriter:
         classes: Classes,
         fmt: SubmissionFormat = PER_CLASS,
         sample: str | os.PathLike[str] | pd.DataFrame | None = None,
+        multilabel: bool = False,
     ) -> None:
-        self.fmt = fmt
+        self.fmt, self.multilabel = fmt, multilabel  # multilabel: masks are bit fields (pipeline/labels.py)
         self.classes = foreground_classes(classes)
         self.labels = class_labels(self.classes, fmt)
         self._valid = np.array([0] + [i for i, _ in self.classes])
+        if multilabel:  # every set of the classes' bits
+            self._valid = np.arange(1 << len(self.classes))
         self.sample_name, self.sample = frame(sample, "sample") if sample is not None else ("", None)
         if self.sample is not None:
             for c in fmt.key_columns() + [fmt.prediction_column]:
@@ -85,12 +88,17 @@ class SubmissionWriter:
                 f"{class_mask.dtype} {class_mask.shape}"
             )
         bad = np.setdiff1d(np.unique(class_mask), self._valid)
+        if bad.size and self.multilabel:
+            raise UserError(
+                f"submission: image {image!r}: multilabel mask value {bad[0]} sets a bit past the "
+                f"{len(self.classes)} classes"
+            )
         if bad.size:
             raise UserError(
                 f"submission: image {image!r}: mask has class index {bad[0]}, not in the class list "
                 f"({', '.join(map(str, self._valid.tolist()))})"
             )
-        self._rows.update(codec.encode_image(class_mask, self.fmt, self.labels, image))
+        self._rows.update(codec.encode_image(class_mask, self.fmt, self.labels, image, self.multilabel))
         self._shapes[image] = (int(class_mask.shape[0]), int(class_mask.shape[1]))
 
     def frame(self) -> pd.DataFrame:

@@ -154,6 +154,7 @@ class Checkpoints:
     fingerprint: str
     cfg: ModelConfig
     classes: list[dict[str, Any]]
+    multilabel: bool = False  # the model learnt bit-field masks: a sigmoid per class (inference reads it)
 
     @property
     def last(self) -> Path:
@@ -174,6 +175,7 @@ class Checkpoints:
             "fingerprint": self.fingerprint,
             "config": to_dict(self.cfg),
             "classes": self.classes,
+            "multilabel": self.multilabel,
             "metrics": metrics,
             "model_name": self.run.model,
             "fold": self.run.fold,

@@ -17,6 +17,8 @@ import torch
 from pipeline.config import ModelConfig, TrainParams
 from pipeline.data.dataset import normalize
 from pipeline.distributed import Dist, init_process
+from pipeline.errors import UserError
+from pipeline.labels import multilabel_masks
 from pipeline.losses import SoftTarget
 from pipeline.paths import FoldFiles, Layout
 from pipeline.predict import autocast
@@ -70,6 +72,7 @@ class Context:
     classes: list[dict[str, Any]]  # classes.json: index -> {"name", ...}, background first
     metric: str  # metric.name: scores each epoch's validation and picks the best epoch
     bars: bool = False  # tqdm progress bars (rank 0 only)
+    multilabel: bool = False  # bit-field masks (masks.overlap: multilabel): a sigmoid per class (pipeline/labels.py)
 
     @property
     def per_process_batch(self) -> int:
@@ -97,6 +100,12 @@ def make_context(
     """Set this process up (threads, process group, device: :func:`pipeline.distributed.init_process`) for ``run``."""
     ddp, device = init_process(params.device, params.threads)
     rec = cfg.recipe
+    multilabel = multilabel_masks(run.layout.mask_summary)
+    if multilabel and cfg.head == "sigmoid":
+        raise UserError(
+            f"{run.model_config}: head: sigmoid is the one-logit binary head; multilabel masks (masks.overlap: "
+            "multilabel) train a sigmoid on each class's own logit: use head: softmax (the C logits)"
+        )
     return Context(
         run=run,
         device=device,
@@ -108,4 +117,5 @@ def make_context(
         classes=classes,
         metric=metric,
         bars=progress and ddp.main,
+        multilabel=multilabel,
     )

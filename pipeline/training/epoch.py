@@ -13,9 +13,10 @@ from tqdm import tqdm
 from pipeline.data.dataset import SegDataset
 from pipeline.faults import StepGuard
 from pipeline.losses import labels
-from pipeline.metrics import BoundaryIoU, ConfusionMatrix, boundary_iou_scores, summarize
+from pipeline.metrics import BoundaryIoU, boundary_iou_scores, counter, summarize
 from pipeline.oof import scores as oof_scores
-from pipeline.predict import iter_logits
+from pipeline.predict import activate, iter_logits
+from pipeline.threshold import decide
 from pipeline.training.checkpoint import TrainState
 from pipeline.training.context import Context
 from pipeline.training.setup import Optimisation
@@ -61,7 +62,8 @@ def evaluate(model: torch.nn.Module, val_ds: SegDataset, ctx: Context) -> dict[s
     model.eval()
     ddp, classes = ctx.ddp, ctx.classes
     per_image = ctx.metric != "miou"  # dataset mIoU needs only the summed matrix: keep no per-image copies for it
-    cm, biou = ConfusionMatrix(len(classes), per_image=per_image), BoundaryIoU(len(classes))
+    c, multilabel = len(classes), ctx.multilabel
+    cm, biou = counter(c, multilabel, per_image), BoundaryIoU(c, multilabel=multilabel)
     subset: Any = val_ds
     if ddp.world > 1:
         subset = torch.utils.data.Subset(val_ds, list(range(ddp.rank, len(val_ds), ddp.world)))
@@ -70,12 +72,12 @@ def evaluate(model: torch.nn.Module, val_ds: SegDataset, ctx: Context) -> dict[s
     for idx, logits in iter_logits(
         model, subset, ctx.device, ctx.batch_size, sizes, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
     ):
-        pred = logits.argmax(1).cpu()
+        pred = decide(activate(logits, multilabel), None, multilabel).cpu()  # the argmax, or each sigmoid over 0.5
         truth = torch.from_numpy(np.stack([val_ds.original_mask(int(i)) for i in idx]))
         cm.update(pred, truth)
         biou.update(pred, truth)
     matrix, b_inter, b_union = (torch.as_tensor(v) for v in (cm.matrix, biou.intersection, biou.union))
-    images = cm.image_matrices if per_image else None  # (N, C, C) on this rank
+    images = cm.image_matrices if per_image else None  # (N, C, C) (multilabel: (N, C, 2, 2)) on this rank
     if ddp.world > 1:
         for t in (matrix, b_inter, b_union):
             dist.all_reduce(t)
@@ -84,6 +86,7 @@ def evaluate(model: torch.nn.Module, val_ds: SegDataset, ctx: Context) -> dict[s
             dist.all_gather_object(parts, images)
             images = np.concatenate(parts)
     out = summarize(matrix.numpy(), [c["name"] for c in classes], boundary=boundary_iou_scores(b_inter, b_union))
-    s = oof_scores(images if images is not None else matrix.numpy()[None], ctx.metric)
+    whole = matrix.numpy() if multilabel else matrix.numpy()[None]  # a multilabel matrix is (1, C, 2, 2) already
+    s = oof_scores(images if images is not None else whole, ctx.metric)
     out["metric"], out["score"] = s["metric"], s["score"]
     return out

@@ -12,11 +12,12 @@ from pipeline.config import ModelConfig
 from pipeline.data.dataset import SegDataset
 from pipeline.faults import fold_health
 from pipeline.io import load_torch, npz_writer, read_image, write_json
-from pipeline.metrics import BoundaryIoU, ConfusionMatrix, summarize
+from pipeline.metrics import BoundaryIoU, counter, summarize
 from pipeline.models.registry import build_model
 from pipeline.paths import FoldFiles
-from pipeline.predict import iter_logits
+from pipeline.predict import activate, iter_logits
 from pipeline.store import Lazy, SpillDict
+from pipeline.threshold import decide
 from pipeline.training.checkpoint import evaluated_weights
 from pipeline.training.context import Context
 
@@ -39,12 +40,12 @@ def finish_fold(
         for idx, logits in iter_logits(
             model, val_ds, ctx.device, ctx.batch_size, sizes, amp_ctx=ctx.autocast, channels_last=ctx.channels_last
         ):
-            p = torch.softmax(logits, 1).half().cpu().numpy()  # (B, C, H, W) float16
+            p = activate(logits, ctx.multilabel).half().cpu().numpy()  # (B, C, H, W) float16
             for j, i in enumerate(idx.tolist()):
                 oof.add(str(val_ids[i]), p[j])
-                preds[i] = p[j].argmax(0).astype(np.uint8)
+                preds[i] = decide(p[j], None, ctx.multilabel).astype(np.uint8)
         ordered, truths = Lazy(len(val_ds), preds.__getitem__), Lazy(len(val_ds), val_ds.original_mask)
-        fold_report(files, val_ds, ordered, classes)
+        fold_report(files, val_ds, ordered, classes, ctx.multilabel)
         health = fold_health(f"{ck['model_name']} fold {ck['fold']}", history, ordered, truths)
     m = ck["metrics"]
     metrics = {
@@ -67,17 +68,21 @@ def finish_fold(
 
 
 def fold_report(
-    files: FoldFiles, val_ds: SegDataset, preds: Sequence[np.ndarray], classes: list[dict[str, Any]]
+    files: FoldFiles,
+    val_ds: SegDataset,
+    preds: Sequence[np.ndarray],
+    classes: list[dict[str, Any]],
+    multilabel: bool = False,
 ) -> None:
-    """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG, and a
-    grid of the worst and best validation images (image / truth / prediction / error). ``preds`` and the truths
-    are read one at a time (any sequence: a :class:`~pipeline.store.Lazy` one keeps memory flat)."""
+    """The fold's evaluation: mmseg-style per-class table (printed, CSV, markdown), confusion-matrix PNG (class maps
+    only), and a grid of the worst and best validation images (image / truth / prediction / error). ``preds`` and
+    the truths are read one at a time (any sequence: a :class:`~pipeline.store.Lazy` one keeps memory flat)."""
     from pipeline.metrics import image_miou
     from pipeline.plots import plot_confusion_matrix, plot_examples
     from pipeline.tables import format_table, write_tables
 
     names = [c["name"] for c in classes]
-    cm, biou = ConfusionMatrix(len(classes), per_image=True), BoundaryIoU(len(classes))
+    cm, biou = counter(len(classes), multilabel, per_image=True), BoundaryIoU(len(classes), multilabel=multilabel)
     truths = Lazy(len(val_ds), val_ds.original_mask)
     for t, p in zip(truths, preds):
         cm.update(p, t)
@@ -85,6 +90,7 @@ def fold_report(
     summary = summarize(cm, names, boundary=biou)
     print(format_table(summary))
     write_tables(summary, files.per_class_csv, files.per_class_md)
-    plot_confusion_matrix(cm.matrix, names, files.confusion_png)
+    if not multilabel:  # a multilabel task has no one confusion matrix: one 2 x 2 per class, in the table
+        plot_confusion_matrix(cm.matrix, names, files.confusion_png)
     images = Lazy(len(val_ds), lambda i: read_image(val_ds.images[i]))  # only the drawn rows are read
     plot_examples(files.examples_png, images, truths, preds, len(classes), n=4, scores=image_miou(cm.image_matrices))

@@ -90,7 +90,9 @@ def sampled_data(
             return train_ds, None
         return train_ds, DistributedSampler(train_ds, ddp.world, ddp.rank, shuffle=True, seed=rec.seed, drop_last=True)
     points = (
-        foreground_points(Lazy(len(train_ds), train_ds.original_mask), seed=rec.seed) if rec.foreground_share else {}
+        foreground_points(Lazy(len(train_ds), train_ds.original_mask), rec.seed, ctx.multilabel)
+        if rec.foreground_share
+        else {}
     )
     sampler = CropSampler(
         len(train_ds),
@@ -254,7 +256,7 @@ def build_optimisation(
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=rec.ema)
-    criterion = WeightedLoss.for_config(cfg).to(device)
+    criterion = WeightedLoss.for_config(cfg, ctx.multilabel).to(device)
     net: torch.nn.Module = DistributedDataParallel(model) if ctx.ddp.world > 1 else model
     if rec.compile:
         net = torch.compile(net)  # type: ignore[assignment]

@@ -527,3 +527,40 @@ def test_cli_folders_and_rle_csv(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert categories(out) == [(7, "7")]  # integer labels keep their ids
     with pytest.raises(UserError, match="--labels"):
         cli.main(["labelme", str(tmp_path), "--labels", "a,b=2", "--out", str(tmp_path / "x")])
+
+
+def test_rle_csv_with_overlapping_classes_writes_multilabel_truth(tmp_path: Path) -> None:
+    """UW-Madison's rows overlap (a pixel of stomach and bowel): the train annotations keep both classes, the
+    held-out truth is the bit field of every class (auto), and ``multilabel=False`` paints one class a pixel."""
+    rng = np.random.default_rng(3)
+    planes: dict[str, dict[int, np.ndarray]] = {}
+    for i in range(6):
+        save(tmp_path / "images" / f"s{i}.png", rgb(rng, 10, 12))
+        a, b = np.zeros((10, 12), bool), np.zeros((10, 12), bool)
+        a[1:6, 1:7], b[3:9, 4:11] = True, True  # overlap on rows 3-5, columns 4-6: 9 pixels
+        planes[f"s{i}"] = {1: a, 2: b}
+    lines = ["id,class,predicted"]
+    for stem, by_class in planes.items():  # 1-based column-major runs, by hand
+        for c, name in ((1, "bowel"), (2, "stomach")):
+            flat = by_class[c].T.ravel()
+            starts = np.flatnonzero(flat & ~np.r_[False, flat[:-1]])
+            ends = np.flatnonzero(flat & ~np.r_[flat[1:], False])
+            lines.append(f"{stem},{name}," + " ".join(f"{s + 1} {e - s + 1}" for s, e in zip(starts, ends)))
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    names = {1: "bowel", 2: "stomach"}
+    out, truth = tmp_path / "comp", tmp_path / "truth"
+    counts = import_rle_csv(tmp_path / "train.csv", tmp_path / "images", out, classes=names, split=Split(0.5, seed=0))
+    assert counts["overlapping_pixels"] == 6 * 9 and counts["labels"] == "multilabel"
+    assert json.loads((truth / "competition.json").read_text())["labels"] == "multilabel"
+    test = json.loads((out / "test.json").read_text())["images"]
+    assert test
+    for im in test:
+        stem = Path(im["file_name"]).stem
+        want = planes[stem][1].astype(np.uint8) | (planes[stem][2].astype(np.uint8) << 1)
+        np.testing.assert_array_equal(np.array(Image.open(truth / f"{stem}.png")), want)
+    train = json.loads((out / "train.json").read_text())
+    assert {a["category_id"] for a in train["annotations"]} == {1, 2}  # both classes of every train image
+    counts = import_rle_csv(
+        tmp_path / "train.csv", tmp_path / "images", out, classes=names, split=Split(0.5, seed=0), multilabel=False
+    )
+    assert counts["labels"] == "multiclass" and "labels" not in json.loads((truth / "competition.json").read_text())
