@@ -99,6 +99,7 @@ def set_params(root: Path, comp: Path, spec: Competition, small: bool, folds: in
     (root / "no_truth" / "README").write_text("no truth: the bench scores the submission itself\n")
     params["data"]["truth_dir"] = str(root / "no_truth")
     params["infer"]["submission"] = dict(spec.submission)
+    params["masks"].update(spec.masks)  # the competition's own (attributes: multilabel); --set can still change them
     params["train"]["folds"] = list(range(folds))
     if small:
         params["pseudo"]["rounds"] = 0

@@ -147,9 +147,11 @@ def write_submission(
     path: str | os.PathLike[str],
     fmt: SubmissionFormat = PER_CLASS,
     sample: str | os.PathLike[str] | pd.DataFrame | None = None,
+    multilabel: bool = False,
 ) -> Path:
-    """Stream ``(submission id, (H, W) class mask)`` pairs through a :class:`SubmissionWriter` into ``path``."""
-    writer = SubmissionWriter(classes, fmt, sample)
+    """Stream ``(submission id, (H, W) class mask)`` pairs through a :class:`SubmissionWriter` into ``path``
+    (``multilabel``: the masks are bit fields)."""
+    writer = SubmissionWriter(classes, fmt, sample, multilabel)
     for image, class_mask in predictions:
         writer.add(image, class_mask)
     return writer.finalize(path)

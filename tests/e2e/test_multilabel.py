@@ -22,25 +22,20 @@ from pipeline.config import load_model_config, load_params
 from pipeline.data.folds import build_folds
 from pipeline.data.masks import build_masks
 from pipeline.data.truth import write_truth_record
+from pipeline.data.zoo import attributes
 from pipeline.infer import run_ensemble
 from pipeline.io import read_json, read_mask, write_json, write_png
 from pipeline.paths import Layout
 from pipeline.train import train_fold
 
-CLASSES = {1: "digit", 2: "odd", 3: "loop"}  # COCO id -> name; class index = id (sorted), bit = index - 1
-LOOPS = {0, 6, 8, 9}
-
-
-def classes_of(digit: int) -> list[int]:
-    """The multilabel classes (COCO ids) of a digit."""
-    return [1] + ([2] if digit % 2 else []) + ([3] if digit in LOOPS else [])
+CLASSES = dict(enumerate(attributes.CLASSES, start=1))  # class index (= COCO id) -> name; bit = index - 1
 
 
 def bits_of(class_map: np.ndarray) -> np.ndarray:
     """A demo truth class map (0 background, d + 1 digit d, 255 ignore) as the multilabel bit field."""
     out = np.zeros(class_map.shape, np.uint8)
     for d in range(10):
-        out[class_map == d + 1] = sum(1 << (c - 1) for c in classes_of(d))
+        out[class_map == d + 1] = sum(1 << (c - 1) for c in attributes.classes_of(d))
     out[class_map == 255] = 255
     return out
 
@@ -56,7 +51,7 @@ def write_multilabel_competition(comp: Path, truth: Path, root: Path) -> None:
             (dest / "images" / im["file_name"]).write_bytes((comp / "images" / im["file_name"]).read_bytes())
         anns = []
         for a in data.get("annotations", []):
-            for c in classes_of(int(a["category_id"]) - 1):  # the demo's category id is digit + 1
+            for c in attributes.classes_of(int(a["category_id"]) - 1):  # the demo's category id is digit + 1
                 anns.append({**a, "id": len(anns) + 1, "category_id": c})
         cats = [{"id": i, "name": n} for i, n in CLASSES.items()]
         write_json(dest / name, {**data, "annotations": anns, "categories": cats})

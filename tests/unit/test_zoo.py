@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
-from helpers import random_blob, read_png, reference_masks
+from helpers import load_reference_coco, random_blob, read_png, reference_masks
 
 import pipeline.data.demo as demo
 from pipeline.config import DataParams, MasksParams, from_dict
 from pipeline.data import coco_write
 from pipeline.data.coco import load_coco
 from pipeline.data.masks import build_masks
-from pipeline.data.zoo import compose, manyclass, objects, scenes, textures
+from pipeline.data.zoo import attributes, compose, manyclass, objects, scenes, textures
 from pipeline.data.zoo.__main__ import main as zoo_main
 from pipeline.data.zoo.registry import ZOO, get
 from pipeline.errors import UserError
@@ -38,6 +38,7 @@ TINY: dict[str, dict[str, Any]] = {
     "silhouette": {"n_train": 8, "n_test": 3},
     "manyclass": {"n_train": 30, "n_test": 4},
     "thin": {"n_train": 8, "n_test": 3},
+    "attributes": {"n_train": 24, "n_test": 6},
 }
 
 
@@ -77,8 +78,24 @@ def make(name: str, root: Path, **overrides: Any) -> Made:
         mp.setattr(compose, "compose", spy)
         counts = get(name).generate(root / "comp", root / "truth", **kwargs)
     layout = Layout(root / "project")
-    build_masks(DataParams(root=str(root / "comp")), MasksParams(workers=1), layout)
+    build_masks(DataParams(root=str(root / "comp")), MasksParams(workers=1, **get(name).masks), layout)
     return Made(name, root / "comp", root / "truth", counts, painted, kwargs["n_train"], layout)
+
+
+def multilabel(made: Made) -> bool:
+    return get(made.name).masks.get("overlap") == "multilabel"
+
+
+def truth_of(made: Made, painted: np.ndarray) -> np.ndarray:
+    """What a painted piece map is as truth: itself, or (a multilabel member) every class of each piece's category,
+    one bit each, written here from the member's attribute table, not from the zoo's lookup."""
+    if not multilabel(made):
+        return painted
+    out = np.zeros(painted.shape, np.uint8)
+    for category, classes in attributes.ATTRIBUTES.items():
+        for c in classes:
+            out[painted == category] |= 1 << (c - 1)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +161,8 @@ def test_truth_scores_one_on_the_local_leaderboard_in_the_competitions_format(ma
     preds = [
         (fmt.image_key(im["id"], im["file_name"]), read_png(made.truth / im["file_name"])) for im in test["images"]
     ]
-    sub = write_submission(
-        preds, load(made.truth / "classes.json"), tmp_path / "s.csv", fmt, made.comp / "sample_submission.csv"
-    )
+    classes, sample = load(made.truth / "classes.json"), made.comp / "sample_submission.csv"
+    sub = write_submission(preds, classes, tmp_path / "s.csv", fmt, sample, multilabel(made))
     scores = score_submission(sub, made.truth, made.comp / "test.json", fmt)
     assert scores["mIoU"] == pytest.approx(1.0) and scores["mBIoU"] == pytest.approx(1.0)
 
@@ -164,23 +180,44 @@ def test_images_on_disk_are_what_was_painted(made: Made) -> None:
 def test_train_masks_equal_painted_truth_two_ways(made: Made) -> None:
     """The masks stage, and pycocotools' annToMask painted larger first, both give back the painted truth."""
     train = load(made.comp / "train.json")
-    reference = reference_masks(made.comp / "train.json")
+    reference = (
+        reference_bits(made.comp / "train.json") if multilabel(made) else reference_masks(made.comp / "train.json")
+    )
     for im, (_, painted) in zip(train["images"], made.painted):
-        assert np.array_equal(reference[im["id"]], painted), im["file_name"]
-        assert np.array_equal(read_png(made.masks_layout.mask_path(im["id"])), painted), im["file_name"]
+        want = truth_of(made, painted)
+        assert np.array_equal(reference[im["id"]], want), im["file_name"]
+        assert np.array_equal(read_png(made.masks_layout.mask_path(im["id"])), want), im["file_name"]
+
+
+def reference_bits(json_path: Path) -> dict[int, np.ndarray]:
+    """image id -> every annotation's annToMask ORed in as its category's bit (pycocotools, not the masks stage)."""
+    coco = load_reference_coco(json_path)
+    out = {}
+    for image_id, image in coco.imgs.items():
+        bits = np.zeros((image["height"], image["width"]), np.uint8)
+        for ann in coco.imgToAnns[image_id]:
+            bits[coco.annToMask(ann).astype(bool)] |= 1 << (ann["category_id"] - 1)
+        out[image_id] = bits
+    return out
 
 
 def test_test_truth_equals_painted_truth(made: Made) -> None:
     test = load(made.comp / "test.json")
     for im, (_, painted) in zip(test["images"], made.painted[made.n_train :]):
-        assert np.array_equal(read_png(made.truth / im["file_name"]), painted)
+        assert np.array_equal(read_png(made.truth / im["file_name"]), truth_of(made, painted))
+    record = load(made.truth / "competition.json")
+    assert (record.get("labels") == "multilabel") == multilabel(made)
 
 
 def test_reported_pixel_shares_are_the_masks_counts(made: Made) -> None:
     k = len(load(made.comp / "train.json")["categories"])
     counts = np.zeros(k + 1, np.int64)
     for _, painted in made.painted[: made.n_train]:
-        counts += np.bincount(painted.ravel(), minlength=k + 1)
+        t = truth_of(made, painted)
+        if multilabel(made):  # each class's own pixels, overlaps in each
+            counts += [int((t == 0).sum())] + [int(((t >> (c - 1)) & 1).sum()) for c in range(1, k + 1)]
+        else:
+            counts += np.bincount(t.ravel(), minlength=k + 1)
     share = counts / counts.sum()
     assert list(made.counts["train_pixel_share"].values()) == pytest.approx(share.tolist(), abs=1e-5)
     summary = load(made.masks_layout.mask_summary)

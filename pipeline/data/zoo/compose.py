@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pipeline.data.coco_write import patch_annotation
 from pipeline.data.truth import write_truth_record
 from pipeline.io import atomic_dir, write_png
+from pipeline.labels import IGNORE_INDEX, bit, class_pixels
 from pipeline.paths import CompetitionFiles, TruthFiles, generated_image_name
 
 SPLIT_CODES = {"train": 0, "test": 1}
@@ -120,17 +121,23 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
     seed: int,
     description: str,
     single_class: bool = False,
+    attributes: Mapping[int, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Render ``n_train`` + ``n_test`` images and write the competition folder ``out`` and truth folder ``truth``.
 
     ``single_class``: the sample submission has one row per test image (``id,predicted``, no class column), as in
-    binary competitions (Carvana); needs exactly one class. Returns counts (images, annotations, pixel shares).
+    binary competitions (Carvana); needs exactly one class. ``attributes``: a multilabel competition whose pieces'
+    categories are not its classes: piece category -> the classes (1-based into ``class_names``) it belongs to;
+    each piece's visible pixels are annotated once per class (a piece under another is not annotated there, so the
+    train masks equal the truth), and the truth is the bit field of every class of a pixel (:mod:`pipeline.labels`,
+    recorded as multilabel). Returns counts (images, annotations, pixel shares).
     """
     if single_class and len(class_names) != 1:
         raise ValueError(f"{name}: a single-class submission needs one class, got {len(class_names)}")
     categories = [{"id": i + 1, "name": n, "supercategory": name} for i, n in enumerate(class_names)]
     k = len(categories)
     pixels = np.zeros((2, k + 1), np.int64)
+    lut = attribute_bits(attributes) if attributes is not None else None
     with atomic_dir(out) as comp_dir, atomic_dir(truth) as truth_tmp:
         comp, truth_files = CompetitionFiles(comp_dir), TruthFiles(truth_tmp)
         img_dir = comp.images_dir
@@ -147,14 +154,20 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
                 file_name = generated_image_name(split, i)
                 write_png(img_dir / file_name, image)
                 images.append({"id": next_id, "file_name": file_name, "height": h, "width": w})
-                if split == "train":
+                if lut is not None:
+                    mask = lut[mask]
+                if split == "train" and attributes is not None:
+                    for p, seen in zip(kept, visible(kept, (h, w)), strict=True):
+                        for c in attributes[p.category_id]:
+                            anns.append(patch_annotation(len(anns) + 1, next_id, c, seen, p.top, p.left, h, w))
+                elif split == "train":
                     for p in kept:
                         anns.append(
                             patch_annotation(len(anns) + 1, next_id, p.category_id, p.mask, p.top, p.left, h, w)
                         )
                 else:
                     write_png(truth_files.mask(Path(file_name).stem), mask)
-                pixels[s] += np.bincount(mask.ravel(), minlength=k + 1)[: k + 1]
+                pixels[s] += class_pixels(np.bincount(mask.ravel(), minlength=256), k + 1, lut is not None)
                 next_id += 1
             coco[split] = (images, anns)
         info = {"description": description, "zoo": name, "seed": seed}
@@ -173,7 +186,8 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
             {"index": c["id"], "name": c["name"], "coco_id": c["id"]} for c in categories
         ]
         _dump(truth_files.classes_json, truth_classes)
-        write_truth_record(truth_files.root, comp.test_json)  # the leaderboard scores only this competition against it
+        # the leaderboard scores only this competition against it (multilabel: per class)
+        write_truth_record(truth_files.root, comp.test_json, multilabel=lut is not None)
     return {
         "train_images": n_train,
         "test_images": n_test,
@@ -181,6 +195,32 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
         "train_pixel_share": _shares(pixels[0], class_names),
         "test_pixel_share": _shares(pixels[1], class_names),
     }
+
+
+def visible(kept: Sequence[Piece], shape: tuple[int, int]) -> list[np.ndarray]:
+    """Each piece's own mask less what the pieces painted after it cover (in its own box)."""
+    top = np.full(shape, -1, np.int64)
+    for j, p in enumerate(kept):
+        ph, pw = p.mask.shape
+        top[p.top : p.top + ph, p.left : p.left + pw][p.mask] = j
+    out = []
+    for j, p in enumerate(kept):
+        ph, pw = p.mask.shape
+        out.append(p.mask & (top[p.top : p.top + ph, p.left : p.left + pw] == j))
+    return out
+
+
+def attribute_bits(attributes: Mapping[int, Sequence[int]]) -> np.ndarray:
+    """(256,) uint8 lookup: a piece category's multilabel bit field (255 stays ignore, 0 no class).
+
+    >>> attribute_bits({1: [1], 2: [1, 2]})[:3].tolist()
+    [0, 1, 3]
+    """
+    lut = np.zeros(256, np.uint8)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    for category, classes in attributes.items():
+        lut[category] = sum(bit(c) for c in set(classes))
+    return lut
 
 
 def _shares(counts: np.ndarray, class_names: list[str]) -> dict[str, float]:

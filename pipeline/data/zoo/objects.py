@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.data.demo import load_digits, split_pools
 from pipeline.data.zoo import draw, sources
-from pipeline.data.zoo.compose import Piece, write_competition
+from pipeline.data.zoo.compose import Piece, Renderer, write_competition
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -47,6 +47,19 @@ def digit_piece(
     return Piece(category_id, top, left, mask, pixels, alpha)
 
 
+def renderer(seed: int, height: int, width: int, max_objects: int) -> Renderer:
+    """The ``objects`` renderer: 1 to ``max_objects`` coloured digits (category digit + 1) on a photo or texture."""
+    images, labels = load_digits()
+    pools = dict(zip(("train", "test"), split_pools(labels, 0.2, seed)))
+
+    def render(split: str, rng: np.random.Generator) -> tuple[np.ndarray, list[Piece]]:
+        bg = sources.background(height, width, rng, with_textures=True)
+        chosen = rng.choice(pools[split], size=int(rng.integers(1, max_objects + 1)), replace=False)
+        return bg, [digit_piece(images[j], int(labels[j]) + 1, (height, width), rng) for j in chosen]
+
+    return render
+
+
 def generate(
     out: str | Path,
     truth: str | Path,
@@ -58,14 +71,7 @@ def generate(
     max_objects: int = 4,
 ) -> dict[str, Any]:
     """Write the ``objects`` competition to ``out`` and its test truth to ``truth``; return counts."""
-    images, labels = load_digits()
-    pools = dict(zip(("train", "test"), split_pools(labels, 0.2, seed)))
-
-    def render(split: str, rng: np.random.Generator) -> tuple[np.ndarray, list[Piece]]:
-        bg = sources.background(height, width, rng, with_textures=True)
-        chosen = rng.choice(pools[split], size=int(rng.integers(1, max_objects + 1)), replace=False)
-        return bg, [digit_piece(images[j], int(labels[j]) + 1, (height, width), rng) for j in chosen]
-
+    render = renderer(seed, height, width, max_objects)
     return write_competition(
         out, truth, "objects", CLASSES, render, n_train, n_test, seed,
         f"zoo objects: coloured MNIST digits on photo backgrounds, RGB {height}x{width}",

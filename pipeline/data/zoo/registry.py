@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.data.zoo import aerial, manyclass, objects, scenes, silhouette, textures, thin
+from pipeline.data.zoo import aerial, attributes, manyclass, objects, scenes, silhouette, textures, thin
 from pipeline.errors import UserError
 
 
@@ -21,6 +21,7 @@ class Competition:
     small: tuple[int, int]  # (n_train, n_test) of bench/zoo.py --small
     summary: str
     submission: dict[str, Any] = dataclasses.field(default_factory=dict)
+    masks: dict[str, Any] = dataclasses.field(default_factory=dict)  # the ``masks`` params it is meant for
 
 
 ZOO: dict[str, Competition] = {
@@ -41,6 +42,15 @@ ZOO: dict[str, Competition] = {
         ),
         Competition("manyclass", manyclass.generate, 600, 150, (120, 30), "45 classes (shape x colour), long tail"),
         Competition("thin", thin.generate, 400, 100, (80, 20), "grayscale 160x160, vessels and wires 1-3 px wide"),
+        Competition(
+            "attributes",
+            attributes.generate,
+            600,
+            150,
+            (120, 30),
+            "multilabel: the objects digits as 3 overlapping classes (digit, odd, loop), RGB 96x128",
+            masks={"overlap": "multilabel"},
+        ),
     )
 }
 
