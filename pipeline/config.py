@@ -326,7 +326,8 @@ class InferParams:
     postprocess: Literal["none", "auto", "shapes"] = "auto"
     # fit: for a binary task (background + one class), the class's probability threshold fitted on the ensemble's OOF
     # predictions (pipeline/threshold.py: 0.10-0.90, the argmax always a candidate), before post-processing; none:
-    # the argmax. A task of more classes keeps the argmax (metrics/infer.json says so)
+    # the argmax. Multilabel masks: one threshold per class (coordinate ascent from 0.5; none: 0.5 each). A task of
+    # more classes keeps the argmax (metrics/infer.json says so)
     threshold: Literal["none", "fit"] = "none"
     tta: Literal["auto", "config", "none"] = "auto"  # auto: keep a transform only if the OOF metric improves
     # without out-of-fold predictions (a member's oof.npz missing), tta: auto and weights: fit are errors; true falls

@@ -211,7 +211,8 @@ def ledger_row(report: dict[str, Any], params: Params, plan: Plan, lb: dict[str,
         "public_score": "",
         "submission_sha256": file_digest(report["submission"]),  # the row's key with "file": a re-run replaces it
         "postprocess": report.get("postprocess", {}).get("rules") or "",
-        "threshold": plan.threshold,
+        # one per class for multilabel masks, space-separated (the CSV cell keeps no commas)
+        "threshold": " ".join(map(str, plan.threshold)) if isinstance(plan.threshold, tuple) else plan.threshold,
     }
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.labels import IGNORE_INDEX, decode
+from pipeline.labels import IGNORE_INDEX, decode, planes
 from pipeline.metrics import score_matrices
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 ... 0.90: the candidates of ``fit``
@@ -102,3 +102,96 @@ def _cm(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """One image's 2x2 confusion matrix (rows: truth), ignore left out: the doctest's independent argmax figure."""
     keep = truth != IGNORE_INDEX
     return np.bincount(2 * truth[keep].astype(np.int64) + pred[keep], minlength=4).reshape(2, 2)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Multilabel masks: one threshold per class, by coordinate ascent
+
+
+def class_sweep(
+    probs: np.ndarray, truth: np.ndarray, j: int, current: Sequence[float], thresholds: Sequence[float]
+) -> np.ndarray:
+    """(T, C, 2, 2) one-vs-rest matrices of one image's multilabel prediction when class ``j``'s threshold takes each
+    of ``thresholds`` and every other class k keeps ``current[k - 1]``: class j's from its own probabilities, "no
+    class" (plane 0) from the pixels where no other class is predicted, the others fixed. Ignore pixels never count.
+
+    >>> p = np.array([[[0.0, 0.0]], [[0.3, 0.8]], [[0.6, 0.1]]])  # two pixels; classes 1 and 2
+    >>> m = class_sweep(p, np.array([[1, 2]], np.uint8), 1, (0.5, 0.5), (0.2, 0.5))
+    >>> m[0, 1].tolist(), m[1, 1].tolist()  # class 1 at 0.2: both pixels (one right); at 0.5: the second (wrong)
+    ([[0, 1], [0, 1]], [[0, 1], [1, 0]])
+    """
+    c = probs.shape[0]
+    valid = truth != IGNORE_INDEX
+    t_planes = planes(truth, c)
+    t = np.asarray(thresholds, np.float32)
+    others = np.zeros(truth.shape, bool)
+    out = np.zeros((len(t), c, 2, 2), np.int64)
+    n = int(valid.sum())
+    for k in range(1, c):
+        if k == j:
+            continue
+        pred = (probs[k].astype(np.float32) > np.float32(current[k - 1])) & valid
+        others |= pred
+        out[:, k] = _binary(t_planes[k], pred, n)
+    pj = probs[j].astype(np.float32)
+    over = _over(pj, t)  # (T, pixels) counts are taken below by truth
+    out[:, j, 1, 1] = over(t_planes[j])
+    out[:, j, 0, 1] = over(valid & ~t_planes[j])
+    out[:, j, 1, 0] = int(t_planes[j].sum()) - out[:, j, 1, 1]
+    out[:, j, 0, 0] = n - out[:, j].sum(axis=(-2, -1))
+    free = valid & ~others  # no other class predicted here: no class where class j is not over its threshold
+    none_true, none_false = free & t_planes[0], free & ~t_planes[0]
+    out[:, 0, 1, 1] = int(none_true.sum()) - over(none_true)
+    out[:, 0, 0, 1] = int(none_false.sum()) - over(none_false)
+    out[:, 0, 1, 0] = int(t_planes[0].sum()) - out[:, 0, 1, 1]
+    out[:, 0, 0, 0] = n - out[:, 0].sum(axis=(-2, -1))
+    return out
+
+
+def _binary(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """[[TN, FP], [FN, TP]] of two bool masks over ``n`` counted pixels (``pred`` already inside them)."""
+    tp, t, p = int((truth & pred).sum()), int(truth.sum()), int(pred.sum())
+    return np.array([[n - t - p + tp, p - tp], [t - tp, tp]], np.int64)
+
+
+def _over(p: np.ndarray, thresholds: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``where -> (T,)`` pixels of ``where`` whose probability is over each threshold."""
+
+    def count(where: np.ndarray) -> np.ndarray:
+        values = np.sort(p[where])
+        return values.size - np.searchsorted(values, thresholds, side="right")
+
+    return count
+
+
+def fit_multilabel(
+    sweep: Callable[[int, tuple[float, ...]], np.ndarray],
+    num_classes: int,
+    metric: str,
+    keep: np.ndarray,
+    thresholds: Sequence[float] = THRESHOLDS,
+    rounds: int = 2,
+) -> tuple[tuple[float, ...], float, float]:
+    """Per-class thresholds of a multilabel prediction maximising ``metric`` on the images where ``keep``: from 0.5
+    for every class, each class in turn takes its best candidate with the others fixed (``sweep(j, current)``: the
+    (T, N, C, 2, 2) matrices of :func:`class_sweep` over every image), ``rounds`` times or until nothing moves. A tie
+    keeps the current value, then the one nearest 0.5. Returns (thresholds, the metric at 0.5, at them)."""
+    current = tuple(0.5 for _ in range(num_classes - 1))
+    order = sorted(range(len(thresholds)), key=lambda i: abs(thresholds[i] - 0.5))
+    before = best = None
+    for _ in range(rounds):
+        moved = False
+        for j in range(1, num_classes):
+            mats = sweep(j, current)[:, keep]
+            at = {float(thresholds[i]): score_matrices(metric, mats[i]) for i in range(len(thresholds))}
+            if before is None:
+                before = best = at[0.5]
+            pick = current[j - 1]
+            for i in order:
+                if at[float(thresholds[i])] > at[pick] + 1e-12:
+                    pick = float(thresholds[i])
+            if pick != current[j - 1]:
+                current, moved, best = (*current[: j - 1], pick, *current[j:]), True, at[pick]
+        if not moved:
+            break
+    return current, float(before), float(best)  # type: ignore[arg-type]

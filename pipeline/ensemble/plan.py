@@ -40,7 +40,8 @@ class Plan:
     report: dict[str, Any]
     fallback: list[str]
     postprocess: dict[int, pp.Rule] = dataclasses.field(default_factory=dict)  # class -> its rule
-    threshold: float | None = None  # binary tasks: class 1 where its probability is over it (None: the argmax)
+    # binary tasks: class 1 where its probability is over it (None: the argmax); multilabel: one per class 1..K
+    threshold: float | tuple[float, ...] | None = None
 
 
 def plan_ensemble(params: Params, layout: Layout, loaded: Loaded, rt: Runtime, unavailable: str | None) -> Plan:
@@ -95,7 +96,7 @@ class Decision(NamedTuple):
     """How one pseudo set turns probabilities into a class map: the binary threshold (``None``: the argmax), then
     the post-processing rules (class -> rule; none: unchanged)."""
 
-    threshold: float | None
+    threshold: float | tuple[float, ...] | None  # multilabel: one per class
     rules: dict[int, pp.Rule]
 
 
@@ -155,6 +156,7 @@ class _OofPlanner:
         self._ens_mats: Memo[np.ndarray] = Memo(self._ensemble_matrices)
         self._argmax: Memo[SpillDict] = Memo(self._ensemble_argmax)
         self._thr_stats: Memo[list[tuple[np.ndarray, np.ndarray]]] = Memo(self._threshold_stats)
+        self._sweeps: Memo[np.ndarray] = Memo(self._class_sweep)  # multilabel: per class and current thresholds
         self._pp_stacks: Memo[pp.Stack] = Memo(self._pp_stack)
         self._holes: Memo[np.ndarray] = Memo(self._hole_stack)
         pixels = int(np.median([self.truth[i].size for i in self.ids]))
@@ -185,6 +187,13 @@ class _OofPlanner:
         for i, probs in self._ensemble_probs(key):
             yield i, thr.decide(probs, threshold, self.multilabel)
 
+    def _class_sweep(self, key: tuple[Any, ...]) -> np.ndarray:
+        """(T, N, C, 2, 2): every OOF image's matrices of the ensemble ``key[0]`` as class ``key[1]``'s threshold
+        takes each candidate, the others at ``key[2]`` (:func:`pipeline.threshold.class_sweep`)."""
+        ens, j, current = key
+        mats = [thr.class_sweep(p, self.truth[i], j, current, thr.THRESHOLDS) for i, p in self._ensemble_probs(ens)]
+        return np.stack(mats, axis=1)
+
     def _threshold_stats(self, key: tuple[Any, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per OOF image, the threshold search's counts of the ensemble ``key`` (:func:`.threshold.image_counts`)."""
         return [thr.image_counts(p, self.truth[i], thr.THRESHOLDS) for i, p in self._ensemble_probs(key)]
@@ -197,15 +206,19 @@ class _OofPlanner:
         def choose(k: int | None) -> tuple[Any, ...]:
             key = ens.choice if k is None else ens.fold_choices[k]
             keep = np.ones(len(self.ids), bool) if k is None else self.image_folds != k
+            if self.multilabel:  # one threshold per class, coordinate ascent over the classes
+                sweep = lambda j, current: self._sweeps((key, j, current))  # noqa: E731
+                ts, _, _ = thr.fit_multilabel(sweep, self.num_classes, self.metric, keep)
+                return (*key, ts)
             stats = [s for s, w in zip(self._thr_stats(key), keep) if w]
             t, _, _ = thr.fit(stats, thr.THRESHOLDS, self.metric, lambda: self._ens_mats(key)[keep])
             return (*key, t)
 
         cf = cross_fit(self.image_folds, choose, self._ens_mats, self.metric)
         section = {
-            "value": cf.choice[3],
+            "value": _listed(cf.choice[3]),
             "candidates": list(thr.THRESHOLDS),
-            "per_fold": {str(k): c[3] for k, c in cf.fold_choices.items()},
+            "per_fold": {str(k): _listed(c[3]) for k, c in cf.fold_choices.items()},
             "before": {"oof_mIoU": ens.in_sample_miou, **ens.figures()},
             "after": {"oof_mIoU": cf.in_sample_miou, **cf.figures()},
         }
@@ -220,8 +233,8 @@ class _OofPlanner:
         """Whether ``infer.threshold`` fits here, and why not."""
         if self.p.threshold == "none":
             return False, "none (infer.threshold: none)"
-        if self.multilabel:
-            return False, "none: multilabel masks keep each class where its sigmoid is over 0.5 (no fit for them yet)"
+        if self.multilabel:  # one threshold per class
+            return True, ""
         if self.num_classes != 2:
             return False, f"none: a threshold is for binary tasks; {self.num_classes} classes keep the argmax"
         return True, ""
@@ -426,6 +439,11 @@ class _OofPlanner:
 
 def _tta(tk: Any) -> TtaConfig:
     return TtaConfig(flips=list(tk[0]), scales=list(tk[1]), merge=tk[2])  # type: ignore[arg-type]
+
+
+def _listed(t: Any) -> Any:
+    """A threshold for JSON: a multilabel tuple (one per class) as a list."""
+    return list(t) if isinstance(t, tuple) else t
 
 
 def _fmt(x: float | None) -> str:

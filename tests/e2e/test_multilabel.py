@@ -8,6 +8,7 @@ against independent computations (per-class sets of pixels, not the pipeline's p
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pipeline.data.zoo import attributes
 from pipeline.infer import run_ensemble
 from pipeline.io import read_json, read_mask, write_json, write_png
 from pipeline.paths import Layout
+from pipeline.threshold import THRESHOLDS
 from pipeline.train import train_fold
 
 CLASSES = dict(enumerate(attributes.CLASSES, start=1))  # class index (= COCO id) -> name; bit = index - 1
@@ -183,3 +185,33 @@ def test_infer_writes_each_class_from_its_own_mask_and_the_leaderboard_scores_it
     assert report["leaderboard"]["mIoU"] == pytest.approx(float(iou.mean()))
     for c, name in CLASSES.items():
         assert lb["per_class"][name]["IoU"] == pytest.approx(float(iou[c]))
+
+
+def test_per_class_thresholds_fitted_on_oof_are_what_the_oof_scores_by_hand(
+    multilabel: tuple[Path, Layout], multilabel_trained: list[dict[str, Any]]
+) -> None:
+    """``infer.threshold: fit`` on multilabel masks: one threshold per class; the report's OOF figure is the folds'
+    own oof.npz probabilities cut at them and scored here per class, and the ledger records them."""
+    root, layout = multilabel
+    params = load_params(root / "params.yaml")
+    infer = dataclasses.replace(params.infer, tta="none", threshold="fit")
+    report = run_ensemble(dataclasses.replace(params, infer=infer), layout, output=str(root / "submissions" / "t.csv"))
+    ts = report["threshold"]["value"]
+    assert isinstance(ts, list) and len(ts) == 3 and all(t in THRESHOLDS for t in ts)
+    assert report["threshold"]["after"]["oof_in_sample"] >= report["threshold"]["before"]["oof_in_sample"]
+    inter, union = np.zeros(4), np.zeros(4)
+    for f in params.train.folds:
+        with np.load(layout.oof_path("tiny", f)) as z:
+            for key in z.files:
+                p = z[key].astype(np.float32)
+                over = [p[c] > np.float32(ts[c - 1]) for c in (1, 2, 3)]
+                pred = [~(over[0] | over[1] | over[2]), *over]
+                truth = read_mask(layout.mask_path(int(key)))
+                ok = truth != 255
+                for c in range(4):
+                    t = (truth == 0) if c == 0 else ((truth >> (c - 1)) & 1).astype(bool)
+                    inter[c] += (t & pred[c] & ok).sum()
+                    union[c] += ((t | pred[c]) & ok).sum()
+    assert report["oof_mIoU"] == pytest.approx(float(np.mean(inter / union)), abs=2e-3)
+    ledger = pd.read_csv(layout.ledger, dtype=str, keep_default_na=False)
+    assert ledger["threshold"].iloc[-1] == " ".join(map(str, ts))

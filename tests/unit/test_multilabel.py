@@ -321,3 +321,54 @@ def test_submission_rows_of_each_class_overlap_and_decode_back_to_the_bits() -> 
     np.testing.assert_array_equal(back, bits)
     with pytest.raises(UserError, match="multilabel mask value 4 sets a bit past the 2 classes"):
         w.add("8", np.full((2, 2), 4, np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-class thresholds (infer.threshold: fit on multilabel masks)
+
+
+def _probs_and_truth(seed: int, n: int = 5, c: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2 ** (c - 1), size=(n, 6, 7)).astype(np.uint8)
+    truth[rng.random(truth.shape) < 0.1] = IGNORE
+    noisy = labels.planes(np.where(truth == IGNORE, 0, truth), c).astype(np.float32)
+    probs = np.clip(0.35 * noisy + 0.65 * rng.random(noisy.shape), 0, 1).astype(np.float32)
+    return probs, truth
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3))
+def test_class_sweep_equals_decoding_at_each_candidate(seed: int, j: int) -> None:
+    from pipeline.threshold import THRESHOLDS, class_sweep
+
+    probs, truth = _probs_and_truth(seed, n=2)
+    current = (0.4, 0.55, 0.6)
+    for i in range(len(probs)):
+        got = class_sweep(probs[i], truth[i], j, current, THRESHOLDS)
+        for ti, t in enumerate(THRESHOLDS):
+            ts = list(current)
+            ts[j - 1] = t
+            want = multilabel_matrix(labels.decode(probs[i], ts), truth[i], 4)[0].numpy()
+            np.testing.assert_array_equal(got[ti], want, err_msg=f"class {j} at {t}")
+
+
+def test_fitted_thresholds_beat_one_half_and_no_single_class_move_improves() -> None:
+    from pipeline.threshold import THRESHOLDS, class_sweep, fit_multilabel
+
+    probs, truth = _probs_and_truth(7, n=6)
+    keep = np.array([True, True, True, True, False, False])
+
+    def sweep(j: int, current: tuple[float, ...]) -> np.ndarray:
+        return np.stack([class_sweep(probs[i], truth[i], j, current, THRESHOLDS) for i in range(len(probs))], 1)
+
+    def score(ts: tuple[float, ...]) -> float:  # decoded and counted by the plain path, on the kept images
+        m = multilabel_matrix(labels.decode(probs[keep], ts), truth[keep], 4, per_image=True).numpy()
+        return score_matrices("miou", m)
+
+    ts, before, after = fit_multilabel(sweep, 4, "miou", keep)
+    assert before == pytest.approx(score((0.5, 0.5, 0.5))) and after == pytest.approx(score(ts))
+    assert after > before  # the noisy probabilities are not best cut at 0.5
+    for j in range(3):
+        for t in THRESHOLDS:
+            moved = (*ts[:j], t, *ts[j + 1 :])
+            assert score(moved) <= after + 1e-12
