@@ -5,14 +5,12 @@ scored by an independent per-class scorer against the bit-field truth."""
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from e2e.test_multilabel import CLASSES, score_by_hand, write_multilabel_competition
-from helpers import REPO
-from test_dvc_foundation import repo_files, run, set_params
+from test_dvc_foundation import run, set_params
+from test_parallel_folds_dvc import copy_fast_project
 
 from pipeline.config import DemoParams
 from pipeline.data.demo import generate_demo
@@ -25,13 +23,7 @@ def test_dvc_repro_on_a_multilabel_competition(tmp_path: Path) -> None:
     generate_demo(DemoParams(n_train=96, n_test=12, test_digit_share=0.2), demo / "competition", demo / "truth")
     write_multilabel_competition(demo / "competition", demo / "truth", tmp_path / "ml")
     comp, truth = tmp_path / "ml" / "data" / "competition", tmp_path / "ml" / "data" / "truth"
-    root = tmp_path / "repo"
-    for f in repo_files():
-        (root / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, root / f)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    run(root, "git", "init", "-q")
-    run(root, sys.executable, "-m", "pipeline.profile", "fast")
+    root = copy_fast_project(tmp_path)
     set_params(
         root,
         data={"root": str(comp), "truth_dir": str(truth)},
