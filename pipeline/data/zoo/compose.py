@@ -156,15 +156,8 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
                 images.append({"id": next_id, "file_name": file_name, "height": h, "width": w})
                 if lut is not None:
                     mask = lut[mask]
-                if split == "train" and attributes is not None:
-                    for p, seen in zip(kept, visible(kept, (h, w)), strict=True):
-                        for c in attributes[p.category_id]:
-                            anns.append(patch_annotation(len(anns) + 1, next_id, c, seen, p.top, p.left, h, w))
-                elif split == "train":
-                    for p in kept:
-                        anns.append(
-                            patch_annotation(len(anns) + 1, next_id, p.category_id, p.mask, p.top, p.left, h, w)
-                        )
+                if split == "train":
+                    anns.extend(piece_annotations(kept, attributes, len(anns) + 1, next_id, (h, w)))
                 else:
                     write_png(truth_files.mask(Path(file_name).stem), mask)
                 pixels[s] += class_pixels(np.bincount(mask.ravel(), minlength=256), k + 1, lut is not None)
@@ -195,6 +188,28 @@ def write_competition(  # noqa: PLR0913 - every zoo generator's one call: what a
         "train_pixel_share": _shares(pixels[0], class_names),
         "test_pixel_share": _shares(pixels[1], class_names),
     }
+
+
+def piece_annotations(
+    kept: Sequence[Piece],
+    attributes: Mapping[int, Sequence[int]] | None,
+    first_id: int,
+    image_id: int,
+    shape: tuple[int, int],
+) -> list[dict[str, Any]]:
+    """One image's COCO annotations from id ``first_id``: each piece whole (amodal), or with ``attributes`` its
+    visible pixels once per class it has."""
+    h, w = shape
+    if attributes is None:
+        return [
+            patch_annotation(first_id + n, image_id, p.category_id, p.mask, p.top, p.left, h, w)
+            for n, p in enumerate(kept)
+        ]
+    out: list[dict[str, Any]] = []
+    for p, seen in zip(kept, visible(kept, shape), strict=True):
+        for c in attributes[p.category_id]:
+            out.append(patch_annotation(first_id + len(out), image_id, c, seen, p.top, p.left, h, w))
+    return out
 
 
 def visible(kept: Sequence[Piece], shape: tuple[int, int]) -> list[np.ndarray]:
