@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e.test_multilabel import CLASSES, score_by_hand, write_multilabel_competition
+from e2e.test_multilabel_task import CLASSES, score_by_hand, write_multilabel_competition
 from test_dvc_foundation import run, set_params
 from test_parallel_folds_dvc import copy_fast_project
 
